@@ -1,1 +1,160 @@
+"""Model families and model resolution.
 
+`resolve_model` turns what the user wrote (`builtin:tiny-image`, a folder, an s3:// URI) into a local
+diffusers folder plus the family adapter that can run it. Families are discovered from the modules of
+this package, so a new family is one new file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import json
+import os
+import pkgutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from latentmill.models.base import Family
+
+BUILTIN_PREFIX = "builtin:"
+PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
+
+
+class ModelError(Exception):
+    """A model that cannot be used; the message says why and what to do."""
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("LATENTMILL_CACHE", Path.home() / ".cache" / "latentmill"))
+
+
+def families() -> dict[str, type[Family]]:
+    """diffusers pipeline class name -> family adapter, from every module in this package."""
+    found: dict[str, type[Family]] = {}
+    for module in pkgutil.iter_modules(__path__):
+        if module.name in {"base", "tiny"}:
+            continue
+        importlib.import_module(f"{__name__}.{module.name}")
+    for family in _subclasses(Family):
+        for class_name in getattr(family, "pipeline_classes", ()):
+            found[class_name] = family
+    return found
+
+
+def _subclasses(cls: type) -> list[type]:
+    result = []
+    for sub in cls.__subclasses__():
+        result.append(sub)
+        result.extend(_subclasses(sub))
+    return result
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Everything a stage actor needs to find and load the model; small and picklable."""
+
+    path: str  # as the user wrote it
+    local_dir: str  # a diffusers folder on this node (re-materialised on other nodes)
+    pipeline_class: str
+    content_hash: str
+    storage_options: tuple = ()
+
+    def family(self) -> Family:
+        local = materialize(self.path, dict(self.storage_options))
+        return families()[self.pipeline_class](local)
+
+    @property
+    def builtin_name(self) -> str | None:
+        return self.path[len(BUILTIN_PREFIX):] if self.path.startswith(BUILTIN_PREFIX) else None
+
+
+def materialize(path: str, storage_options: dict | None = None) -> Path:
+    """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied."""
+    if path.startswith(BUILTIN_PREFIX):
+        from latentmill.models.tiny import ensure_builtin
+
+        try:
+            return ensure_builtin(path[len(BUILTIN_PREFIX):])
+        except ValueError as exc:
+            raise ModelError(str(exc)) from None
+    if "://" in path and not path.startswith("file://"):
+        return _download(path, storage_options or {})
+    return Path(path.removeprefix("file://")).expanduser()
+
+
+def _download(uri: str, storage_options: dict) -> Path:
+    import fsspec
+
+    target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24]
+    if (target / "model_index.json").exists():
+        return target
+    fs, root = fsspec.core.url_to_fs(uri, **storage_options)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
+    fs.get(root.rstrip("/") + "/", str(partial), recursive=True)
+    try:
+        os.rename(partial, target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(partial, ignore_errors=True)
+    return target
+
+
+def _content_hash(local_dir: Path) -> str:
+    """sha256 over every file's relative path and content; cached by size and mtime."""
+    files = sorted(p for p in local_dir.rglob("*") if p.is_file())
+    listing = json.dumps([(str(p.relative_to(local_dir)), p.stat().st_size, p.stat().st_mtime_ns) for p in files])
+    cache = cache_root() / "hashes" / hashlib.sha256(f"{local_dir.resolve()}|{listing}".encode()).hexdigest()
+    if cache.exists():
+        return cache.read_text()
+    digest = hashlib.sha256()
+    for path in files:
+        digest.update(str(path.relative_to(local_dir)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(chunk)
+    value = digest.hexdigest()
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(value)
+    return value
+
+
+def resolve_model(path: str, storage_options: dict | None = None, allow_pickle: bool = False) -> ModelRef:
+    """Check the checkpoint on the driver, before any actor starts; raise ModelError with the fix."""
+    local = materialize(path, storage_options)
+    if not local.is_dir():
+        raise ModelError(
+            f"model {path!r} does not exist (looked for folder {local}); pass a diffusers checkpoint folder, "
+            "an s3:// URI of one, or builtin:tiny-image / builtin:tiny-video"
+        )
+    index_file = local / "model_index.json"
+    if not index_file.exists():
+        raise ModelError(
+            f"model {path!r} is not a diffusers checkpoint: {index_file} is missing. Save the pipeline with "
+            "`pipe.save_pretrained(DIR)` or convert a single-file checkpoint with diffusers' conversion scripts"
+        )
+    try:
+        pipeline_class = json.loads(index_file.read_text())["_class_name"]
+    except (ValueError, KeyError):
+        raise ModelError(f"{index_file} is not a valid model_index.json (no _class_name)") from None
+    known = families()
+    if pipeline_class not in known:
+        raise ModelError(
+            f"model {path!r} is a {pipeline_class}, which latentmill has no adapter for; "
+            f"supported: {', '.join(sorted(known))}"
+        )
+    pickles = [p for p in local.rglob("*") if p.suffix in PICKLE_SUFFIXES]
+    if pickles and not allow_pickle:
+        example = pickles[0].relative_to(local)
+        raise ModelError(
+            f"model {path!r} has pickle weights ({example}, {len(pickles)} file(s)); loading pickles can run "
+            "arbitrary code. Convert them to safetensors, or set model.allow_pickle: true if you trust the source"
+        )
+    return ModelRef(
+        path=path,
+        local_dir=str(local),
+        pipeline_class=pipeline_class,
+        content_hash=_content_hash(local),
+        storage_options=tuple(sorted((storage_options or {}).items())),
+    )

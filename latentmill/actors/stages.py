@@ -1,0 +1,275 @@
+"""The three stage workers that Ray Data runs as actor pools.
+
+Each loads its own model components once, in __init__, onto the GPU Ray gave it (else the CPU), and
+then maps batches. A row that already failed passes through untouched; an exception while processing
+a batch is retried row by row, so one bad row becomes one error row and its batch mates complete.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from latentmill import schema
+from latentmill.models import ModelRef
+from latentmill.models.base import Request
+from latentmill.pipelines.validate import request_from_columns
+
+log = logging.getLogger(__name__)
+
+
+def quiet_libraries() -> None:
+    """Keep per-step progress bars and load chatter of diffusers/transformers out of the job log."""
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
+
+
+def pick_device(num_gpus: float) -> str:
+    """CUDA when Ray gave this actor a GPU and torch can see one; otherwise the CPU."""
+    import torch
+
+    if num_gpus > 0 and torch.cuda.is_available():
+        return "cuda"
+    return "cpu"
+
+
+def torch_dtype(name: str, device: str):
+    import torch
+
+    if device == "cpu" and name == "float16":
+        return torch.float32  # many CPU kernels have no float16; keep results correct
+    return getattr(torch, name)
+
+
+class StageWorker:
+    """Common life cycle of a stage actor: set up torch, load once, map batches with row isolation."""
+
+    stage: str
+
+    def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int) -> None:
+        quiet_libraries()
+        import torch
+
+        torch.set_num_threads(torch_threads)
+        self.device = pick_device(num_gpus)
+        self.dtype = torch_dtype(dtype, self.device)
+        started = time.perf_counter()
+        self.family = model.family()
+        self.load()
+        self.load_seconds = time.perf_counter() - started
+        log.info("%s worker loaded %s on %s in %.1fs", self.stage, model.path, self.device, self.load_seconds)
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        healthy = [i for i, stage in enumerate(batch[schema.ERROR_STAGE]) if not stage]
+        out = self.prepare_output(batch)
+        for group in self.group(batch, healthy):
+            self._run_isolated(batch, out, group)
+        return self.finish(out)
+
+    def finish(self, out: dict[str, Any]) -> dict[str, np.ndarray]:
+        return out
+
+    def group(self, batch: dict[str, np.ndarray], rows: list[int]) -> list[list[int]]:
+        """Rows that may share one model call."""
+        return [rows] if rows else []
+
+    def prepare_output(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        raise NotImplementedError
+
+    def process(self, batch: dict[str, np.ndarray], out: dict[str, np.ndarray], rows: list[int]) -> None:
+        """Run the stage for `rows` and fill `out` in place."""
+        raise NotImplementedError
+
+    def _run_isolated(self, batch: dict[str, np.ndarray], out: dict[str, np.ndarray], rows: list[int]) -> None:
+        started = time.perf_counter()
+        try:
+            self.process(batch, out, rows)
+        except Exception as exc:  # noqa: BLE001 - isolate the failing row(s), then record them
+            if len(rows) == 1:
+                mark_error(out, rows[0], self.stage, exc)
+                return
+            log.warning("%s batch of %d failed (%s); retrying row by row", self.stage, len(rows), exc)
+            for row in rows:
+                self._run_isolated(batch, out, [row])
+            return
+        per_row = (time.perf_counter() - started) / len(rows)
+        out[schema.seconds_column(self.stage)][rows] = per_row
+
+
+def mark_error(out: dict[str, np.ndarray], row: int, stage: str, exc: BaseException) -> None:
+    out[schema.ERROR_STAGE][row] = stage
+    out[schema.ERROR_TYPE][row] = type(exc).__name__
+    out[schema.ERROR_MESSAGE][row] = str(exc)[:2000] or type(exc).__name__
+
+
+def _copy_without(batch: dict[str, np.ndarray], drop: tuple[str, ...]) -> dict[str, np.ndarray]:
+    out = {name: np.array(values, copy=True) for name, values in batch.items() if name not in drop}
+    return out
+
+
+def _requests(batch: dict[str, np.ndarray], rows: list[int]) -> list[Request]:
+    return [request_from_columns(batch, i) for i in rows]
+
+
+def _per_row_array(values: list[np.ndarray]) -> np.ndarray:
+    """Stack equal shapes; otherwise an object array Ray stores as a variable-shaped tensor column."""
+    if len({v.shape for v in values}) == 1:
+        return np.stack(values)
+    out = np.empty(len(values), dtype=object)
+    for i, value in enumerate(values):
+        out[i] = value
+    return out
+
+
+class TextEncodeWorker(StageWorker):
+    """Pool A: tokenizer(s) + text encoder(s). Requests -> named prompt embeddings."""
+
+    stage = schema.STAGE_ENCODE
+
+    def load(self) -> None:
+        self.family.load_encoder(self.device, self.dtype)
+        # Embedding shape is fixed per model; learn it once so failed rows get zero rows of it.
+        probe = self.family.encode([_probe_request()])
+        self.embed_shapes = {name: value.shape[1:] for name, value in probe.tensors.items()}
+
+    def prepare_output(self, batch):
+        out = _copy_without(batch, ())
+        size = len(batch[schema.ID])
+        for name, shape in self.embed_shapes.items():
+            out[name] = np.zeros((size, *shape), dtype=np.float32)
+        out[schema.seconds_column(self.stage)] = np.zeros(size)
+        return out
+
+    def process(self, batch, out, rows):
+        encoded = self.family.encode(_requests(batch, rows))
+        for name, values in encoded.tensors.items():
+            out[name][rows] = values
+        out[schema.PROMPT_TRUNCATED][rows] = encoded.truncated
+
+
+def _probe_request() -> Request:
+    return Request(id="probe", prompt="a probe", negative_prompt="", seed=0, num_inference_steps=1,
+                   guidance_scale=1.0, height=8, width=8, num_frames=1, fps=1.0)
+
+
+class DenoiseWorker(StageWorker):
+    """Pool B: denoiser + scheduler. Embeddings + per-row seed -> final latents."""
+
+    stage = schema.STAGE_DENOISE
+
+    def load(self) -> None:
+        self.family.load_denoiser(self.device, self.dtype)
+
+    def group(self, batch, rows):
+        groups: dict[tuple, list[int]] = {}
+        for row in rows:
+            groups.setdefault(request_from_columns(batch, row).denoise_group_key(), []).append(row)
+        return list(groups.values())
+
+    def prepare_output(self, batch):
+        out = _copy_without(batch, (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS))
+        size = len(batch[schema.ID])
+        out[schema.seconds_column(self.stage)] = np.zeros(size)
+        out[schema.LATENTS] = [None] * size
+        return out
+
+    def finish(self, out):
+        latents = out[schema.LATENTS]
+        ndim = max((value.ndim for value in latents if value is not None), default=3)
+        placeholder = np.zeros((1,) * ndim, dtype=np.float32)  # failed rows: never decoded
+        out[schema.LATENTS] = _per_row_array([value if value is not None else placeholder for value in latents])
+        return out
+
+    def process(self, batch, out, rows):
+        embeds = {name: batch[name][rows] for name in (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS)}
+        latents = self.family.denoise(_requests(batch, rows), embeds)
+        for row, value in zip(rows, latents):
+            if not np.isfinite(value).all():
+                raise FloatingPointError(f"denoiser produced non-finite latents for row {batch[schema.ID][row]!r}")
+        for row, value in zip(rows, latents):
+            out[schema.LATENTS][row] = value
+
+
+class DecodeWorker(StageWorker):
+    """Pool C: VAE decode, media encoding and the upload, so pixels never enter Ray's object store."""
+
+    stage = schema.STAGE_DECODE
+
+    def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
+                 output_uri: str, storage_options: dict[str, Any], image_format: str, video_format: str) -> None:
+        from latentmill.io import storage
+
+        self.output_uri = output_uri
+        self.fs, self.root = storage.resolve(output_uri, storage_options)
+        self.image_format, self.video_format = image_format, video_format
+        super().__init__(model, num_gpus, dtype, torch_threads)
+
+    def load(self) -> None:
+        self.family.load_decoder(self.device, self.dtype)
+
+    def group(self, batch, rows):
+        groups: dict[tuple, list[int]] = {}
+        for row in rows:
+            groups.setdefault(np.shape(batch[schema.LATENTS][row]), []).append(row)
+        return list(groups.values())
+
+    def prepare_output(self, batch):
+        out = _copy_without(batch, (schema.LATENTS,))
+        size = len(batch[schema.ID])
+        out[schema.seconds_column(self.stage)] = np.zeros(size)
+        out[schema.OUTPUT_URI] = np.full(size, "", dtype=object)
+        out[schema.BYTES] = np.zeros(size, dtype=np.int64)
+        out[schema.SHA256] = np.full(size, "", dtype=object)
+        out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
+        return out
+
+    def process(self, batch, out, rows):
+        from latentmill.io import media
+
+        latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
+        frames = media.to_uint8(self.family.decode(latents))
+        for row, row_frames in zip(rows, frames):
+            self._write(batch, out, row, row_frames)
+
+    def _write(self, batch, out, row: int, frames: np.ndarray) -> None:
+        from latentmill.io import media, storage
+
+        if self.family.is_video:
+            data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format)
+            extension, mime = media.VIDEO_FORMATS[self.video_format]
+        else:
+            data = media.encode_image(frames[0], self.image_format)
+            extension, mime = media.IMAGE_FORMATS[self.image_format]
+        key = f"{storage.safe_key(str(batch[schema.ID][row]))}.{extension}"
+        uri = storage.join(self.output_uri, "media", key)
+        storage.put_bytes(self.fs, storage.join(self.root, "media", key), data)
+        out[schema.OUTPUT_URI][row] = uri
+        out[schema.BYTES][row] = len(data)
+        out[schema.SHA256][row] = hashlib.sha256(data).hexdigest()
+        out[schema.MIME_TYPE][row] = mime
+
+
+def stage_workers() -> dict[str, Callable[..., StageWorker]]:
+    return {
+        schema.STAGE_ENCODE: TextEncodeWorker,
+        schema.STAGE_DENOISE: DenoiseWorker,
+        schema.STAGE_DECODE: DecodeWorker,
+    }
+
+
+def default_threads(num_cpus: float) -> int:
+    return max(1, min(round(num_cpus), os.cpu_count() or 1))

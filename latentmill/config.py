@@ -1,0 +1,235 @@
+"""The job schema: one validated place for everything a run can be told.
+
+A job file (YAML) fills this schema; CLI flags override the few fields people change per run. Every
+field has a default a user can read here, so an empty job file runs the built-in tiny image model on a
+local Ray instance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
+
+DType = Literal["float32", "float16", "bfloat16"]
+
+
+class ConfigError(Exception):
+    """A job configuration that cannot run; the message names the field and the fix."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class StorageSettings(_Strict):
+    """Credentials and endpoint for object storage (input, output, and model URIs).
+
+    Left empty, s3fs uses the standard AWS variables (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    AWS_ENDPOINT_URL, AWS_DEFAULT_REGION) or the instance's role.
+    """
+
+    endpoint_url: str | None = None
+    key: str | None = None
+    secret: SecretStr | None = None
+    region: str | None = None
+    anon: bool = False
+
+    def fsspec_options(self) -> dict[str, Any]:
+        """fsspec storage options for s3:// URIs; the secret is revealed only here."""
+        options: dict[str, Any] = {}
+        if self.anon:
+            options["anon"] = True
+        if self.key:
+            options["key"] = self.key
+        if self.secret:
+            options["secret"] = self.secret.get_secret_value()
+        client_kwargs: dict[str, Any] = {}
+        if self.endpoint_url:
+            client_kwargs["endpoint_url"] = self.endpoint_url
+        if self.region:
+            client_kwargs["region_name"] = self.region
+        if client_kwargs:
+            options["client_kwargs"] = client_kwargs
+        return options
+
+
+class InputSettings(_Strict):
+    uri: str = Field("", description="Parquet file, folder, glob or URI of the prompt table.")
+    prompt_column: str = "prompt"
+    id_column: str = "id"
+    limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+
+
+class OutputSettings(_Strict):
+    uri: str = Field("", description="Local folder or URI that receives media/, manifest/, errors/.")
+    image_format: Literal["png", "jpeg", "webp"] = "png"
+    video_format: Literal["mp4", "apng"] = "mp4"
+    manifest_rows_per_part: int = Field(1000, ge=1, description="Rows per manifest Parquet part.")
+
+
+class ModelSettings(_Strict):
+    path: str = Field("builtin:tiny-image", description="builtin:NAME, a local diffusers folder or a URI.")
+    allow_pickle: bool = Field(False, description="Allow .bin/.ckpt pickle weights (unsafe).")
+
+
+class GenerationDefaults(_Strict):
+    """Defaults for every row; per-row columns of the same name override them.
+
+    None means: take the model's own default (the built-in models and each family define one).
+    """
+
+    negative_prompt: str = ""
+    seed: int = Field(0, ge=0, description="Job seed; a row without a seed gets one derived from it and its id.")
+    num_inference_steps: int | None = Field(None, ge=1)
+    guidance_scale: float | None = Field(None, ge=0)
+    height: int | None = Field(None, ge=8)
+    width: int | None = Field(None, ge=8)
+    num_frames: int | None = Field(None, ge=1)
+    fps: float | None = Field(None, gt=0)
+
+
+class Limits(_Strict):
+    """Per-row requests beyond these become error rows instead of exhausting a device."""
+
+    max_height: int = Field(2048, ge=8)
+    max_width: int = Field(2048, ge=8)
+    max_frames: int = Field(257, ge=1)
+    max_steps: int = Field(500, ge=1)
+    max_prompt_chars: int = Field(10_000, ge=1)
+
+
+class PoolSettings(_Strict):
+    """One stage's actor pool: how many actors, what each gets, how big a batch."""
+
+    size: int | tuple[int, int] = Field(1, description="Fixed pool size N, or [min, max] to autoscale.")
+    batch_size: int = Field(4, ge=1)
+    num_cpus: float = Field(0.5, ge=0)
+    num_gpus: float = Field(0.0, ge=0)
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources to target.")
+    dtype: DType = "float32"
+    torch_threads: int | None = Field(None, ge=1, description="Default: max(1, round(num_cpus)).")
+
+    @field_validator("size")
+    @classmethod
+    def _check_size(cls, value: int | tuple[int, int]) -> int | tuple[int, int]:
+        if isinstance(value, int):
+            if value < 1:
+                raise ValueError("pool size must be >= 1")
+        else:
+            low, high = value
+            if low < 1 or high < low:
+                raise ValueError("pool size [min, max] needs 1 <= min <= max")
+        return value
+
+    @property
+    def min_size(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[0]
+
+    @property
+    def max_size(self) -> int:
+        return self.size if isinstance(self.size, int) else self.size[1]
+
+
+def _default_pools() -> dict[str, PoolSettings]:
+    return {
+        "encode": PoolSettings(batch_size=8, num_cpus=0.25),
+        "denoise": PoolSettings(batch_size=4, num_cpus=1.0),
+        "decode": PoolSettings(batch_size=4, num_cpus=0.5),
+    }
+
+
+class StageSettings(_Strict):
+    encode: PoolSettings = Field(default_factory=lambda: _default_pools()["encode"])
+    denoise: PoolSettings = Field(default_factory=lambda: _default_pools()["denoise"])
+    decode: PoolSettings = Field(default_factory=lambda: _default_pools()["decode"])
+
+    def items(self) -> list[tuple[str, PoolSettings]]:
+        return [("encode", self.encode), ("denoise", self.denoise), ("decode", self.decode)]
+
+
+class RaySettings(_Strict):
+    address: str | None = Field(None, description="Existing cluster address; None starts Ray locally.")
+    local_num_cpus: float | None = Field(
+        None,
+        description="Logical CPUs of a locally started Ray; default max(4, cores) so three pools and the "
+        "read tasks fit on a small machine without deadlock.",
+    )
+    local_num_gpus: float | None = None
+    progress_bars: bool = True
+
+
+class JobConfig(_Strict):
+    input: InputSettings = Field(default_factory=InputSettings)
+    output: OutputSettings = Field(default_factory=OutputSettings)
+    model: ModelSettings = Field(default_factory=ModelSettings)
+    defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
+    limits: Limits = Field(default_factory=Limits)
+    stages: StageSettings = Field(default_factory=StageSettings)
+    storage: StorageSettings = Field(default_factory=StorageSettings)
+    ray: RaySettings = Field(default_factory=RaySettings)
+
+    @model_validator(mode="after")
+    def _check_uris(self) -> JobConfig:
+        if not self.input.uri:
+            raise ValueError("input.uri is required (or --input)")
+        if not self.output.uri:
+            raise ValueError("output.uri is required (or --output)")
+        return self
+
+    def public_dict(self) -> dict[str, Any]:
+        """The config as plain data with secrets masked, for summaries and logs."""
+        return self.model_dump(mode="json")
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = [f"invalid job configuration ({source}):"]
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"  {where}: {item['msg']}")
+    lines.append("Fix the field(s) above; `latentmill run --help` and the README list every field.")
+    return "\n".join(lines)
+
+
+def _deep_merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in overrides.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> JobConfig:
+    """Read a YAML job file (optional), apply overrides (nested dict), validate.
+
+    Raises ConfigError with every bad field named.
+    """
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        import yaml
+
+        source = str(path)
+        try:
+            text = Path(path).read_text()
+        except OSError as exc:
+            raise ConfigError(f"cannot read job file {path}: {exc.strerror or exc}") from None
+        try:
+            loaded = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"job file {path} is not valid YAML: {exc}") from None
+        if loaded is None:
+            loaded = {}
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"job file {path} must be a mapping of sections (input, output, model, ...)")
+        data = loaded
+    if overrides:
+        data = _deep_merge(data, overrides)
+        source = f"{source} + command-line flags"
+    try:
+        return JobConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc, source)) from None

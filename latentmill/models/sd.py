@@ -1,0 +1,98 @@
+"""Stable Diffusion 1.x/2.x checkpoints (diffusers `StableDiffusionPipeline`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from latentmill import schema
+from latentmill.models.base import EncodedPrompts, Family, Request, load_partial_pipeline, prompts_truncated
+
+
+class StableDiffusion(Family):
+    name = "stable-diffusion"
+    pipeline_classes = ("StableDiffusionPipeline",)
+    defaults = {"num_inference_steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512, "fps": 0.0}
+    stage_components = {
+        "encode": ("tokenizer", "text_encoder"),
+        "denoise": ("unet", "scheduler"),
+        "decode": ("vae",),
+    }
+
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
+
+    def size_multiple(self) -> int:
+        # The pipeline itself insists on multiples of 8 whatever the VAE.
+        return max(8, self.vae_scale_factor())
+
+    def latent_shape(self, request: Request) -> tuple[int, ...]:
+        factor = self.vae_scale_factor()
+        channels = self.component_config("unet")["in_channels"]
+        return (channels, request.height // factor, request.width // factor)
+
+    def load_encoder(self, device, dtype) -> None:
+        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
+
+    def encode(self, requests: list[Request]) -> EncodedPrompts:
+        import torch
+
+        pipe = self.encode_pipe
+        prompts = [r.prompt for r in requests]
+        with torch.inference_mode():
+            positive, negative = pipe.encode_prompt(
+                prompts,
+                pipe.device,
+                1,
+                True,
+                negative_prompt=[r.negative_prompt for r in requests],
+            )
+        return EncodedPrompts(
+            tensors={
+                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
+                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
+            },
+            truncated=prompts_truncated(pipe.tokenizer, prompts, pipe.tokenizer.model_max_length),
+        )
+
+    def load_denoiser(self, device, dtype) -> None:
+        pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
+        # Without its VAE the pipeline would assume a factor of 8; use the checkpoint's own.
+        pipe.vae_scale_factor = self.vae_scale_factor()
+        self.denoise_pipe, self.denoise_dtype = pipe, dtype
+
+    def noise_dtype(self):
+        return self.denoise_dtype
+
+    def load_decoder(self, device, dtype) -> None:
+        from diffusers import AutoencoderKL
+        from diffusers.image_processor import VaeImageProcessor
+
+        self.vae = AutoencoderKL.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
+        self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor())
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        import torch
+
+        vae = self.vae
+        with torch.inference_mode():
+            scaled = torch.from_numpy(latents).to(vae.device, vae.dtype) / vae.config.scaling_factor
+            images = vae.decode(scaled, return_dict=False)[0]
+            frames = self.image_processor.postprocess(images, output_type="np", do_denormalize=[True] * len(images))
+        return frames[:, None].astype(np.float32)
+
+    def reference_generate(self, pipe, request: Request) -> np.ndarray:
+        from latentmill.models.base import cpu_generator
+
+        kwargs: dict[str, Any] = dict(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=cpu_generator(request.seed),
+            output_type="np",
+        )
+        return pipe(**kwargs).images[0][None].astype(np.float32)

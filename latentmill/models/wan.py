@@ -1,0 +1,119 @@
+"""Wan 2.1 text-to-video checkpoints (diffusers `WanPipeline`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from latentmill import schema
+from latentmill.models.base import EncodedPrompts, Family, Request, cpu_generator, load_partial_pipeline, prompts_truncated
+
+# The length the pipeline's own __call__ pads and truncates prompts to.
+MAX_SEQUENCE_LENGTH = 512
+
+
+class Wan(Family):
+    name = "wan"
+    pipeline_classes = ("WanPipeline",)
+    is_video = True
+    defaults = {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0}
+    stage_components = {
+        "encode": ("tokenizer", "text_encoder"),
+        "denoise": ("transformer", "scheduler"),
+        "decode": ("vae",),
+    }
+
+    def _vae_factors(self) -> tuple[int, int]:
+        config = self.component_config("vae")
+        return config.get("scale_factor_temporal", 4), config.get("scale_factor_spatial", 8)
+
+    def size_multiple(self) -> int:
+        patch = self.component_config("transformer")["patch_size"]
+        return max(16, self._vae_factors()[1] * max(patch[1], patch[2]))
+
+    def check_request(self, request: Request) -> str | None:
+        temporal = self._vae_factors()[0]
+        if (request.num_frames - 1) % temporal:
+            suggestion = (request.num_frames - 1) // temporal * temporal + 1
+            return (
+                f"num_frames {request.num_frames} must be {temporal}k+1 for this model "
+                f"(e.g. {suggestion} or {suggestion + temporal})"
+            )
+        return super().check_request(request)
+
+    def output_frames(self, request: Request) -> int:
+        return request.num_frames
+
+    def latent_shape(self, request: Request) -> tuple[int, ...]:
+        temporal, spatial = self._vae_factors()
+        channels = self.component_config("transformer")["in_channels"]
+        latent_frames = (request.num_frames - 1) // temporal + 1
+        return (channels, latent_frames, request.height // spatial, request.width // spatial)
+
+    def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
+        return {"num_frames": request.num_frames}
+
+    def load_encoder(self, device, dtype) -> None:
+        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
+
+    def encode(self, requests: list[Request]) -> EncodedPrompts:
+        import torch
+
+        pipe = self.encode_pipe
+        prompts = [r.prompt for r in requests]
+        with torch.inference_mode():
+            positive, negative = pipe.encode_prompt(
+                prompt=prompts,
+                negative_prompt=[r.negative_prompt for r in requests],
+                do_classifier_free_guidance=True,
+                max_sequence_length=MAX_SEQUENCE_LENGTH,
+                device=pipe.device,
+            )
+        return EncodedPrompts(
+            tensors={
+                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
+                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
+            },
+            truncated=prompts_truncated(pipe.tokenizer, prompts, MAX_SEQUENCE_LENGTH),
+        )
+
+    def load_denoiser(self, device, dtype) -> None:
+        self.denoise_pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
+        self.denoise_dtype = dtype
+
+    def load_decoder(self, device, dtype) -> None:
+        from diffusers import AutoencoderKLWan
+        from diffusers.video_processor import VideoProcessor
+
+        self.vae = AutoencoderKLWan.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
+        self.video_processor = VideoProcessor(vae_scale_factor=self._vae_factors()[1])
+
+    def decode(self, latents: np.ndarray) -> np.ndarray:
+        import torch
+
+        vae = self.vae
+        z_dim = vae.config.z_dim
+        with torch.inference_mode():
+            x = torch.from_numpy(latents).to(vae.device, vae.dtype)
+            mean = torch.tensor(vae.config.latents_mean).view(1, z_dim, 1, 1, 1).to(x.device, x.dtype)
+            inverse_std = 1.0 / torch.tensor(vae.config.latents_std).view(1, z_dim, 1, 1, 1).to(x.device, x.dtype)
+            video = vae.decode(x / inverse_std + mean, return_dict=False)[0]
+            frames = self.video_processor.postprocess_video(video, output_type="np")
+        return np.asarray(frames, dtype=np.float32)
+
+    def reference_generate(self, pipe, request: Request) -> np.ndarray:
+        return np.asarray(
+            pipe(
+                prompt=request.prompt,
+                negative_prompt=request.negative_prompt,
+                height=request.height,
+                width=request.width,
+                num_frames=request.num_frames,
+                num_inference_steps=request.num_inference_steps,
+                guidance_scale=request.guidance_scale,
+                generator=cpu_generator(request.seed),
+                output_type="np",
+            ).frames[0],
+            dtype=np.float32,
+        )

@@ -1,0 +1,68 @@
+"""Build the Ray Data plan: read -> validate -> encode pool -> denoise pool -> decode pool."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from latentmill import schema
+from latentmill.actors.stages import stage_workers, default_threads
+from latentmill.config import JobConfig, PoolSettings
+from latentmill.models import ModelRef
+from latentmill.pipelines.inputs import PromptTable
+from latentmill.pipelines.validate import RowRules, validate_batch
+
+
+def pool_args(pool: PoolSettings) -> dict[str, Any]:
+    """map_batches arguments for one stage's actor pool."""
+    import ray.data
+
+    args: dict[str, Any] = {
+        "batch_size": pool.batch_size,
+        "batch_format": "numpy",
+        "num_cpus": pool.num_cpus,
+        # Ray Data restarts a dead actor (node lost, OOM kill) and retries its batch by default.
+        "compute": ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+    }
+    if pool.num_gpus:
+        args["num_gpus"] = pool.num_gpus
+    if pool.resources:
+        args["resources"] = dict(pool.resources)
+    return args
+
+
+def worker_kwargs(pool: PoolSettings, model: ModelRef) -> dict[str, Any]:
+    return {
+        "model": model,
+        "num_gpus": pool.num_gpus,
+        "dtype": pool.dtype,
+        "torch_threads": pool.torch_threads or default_threads(pool.num_cpus),
+    }
+
+
+def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model: ModelRef,
+                  storage_options: dict[str, Any]):
+    import pyarrow.fs
+    import ray.data
+
+    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(table.filesystem))
+    ds = ray.data.read_parquet(list(table.files), filesystem=filesystem, columns=list(table.columns))
+    if config.input.limit:
+        ds = ds.limit(config.input.limit)
+    # A small table reads as one block; split it so that all three pools stream in parallel.
+    smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
+    ds = ds.repartition(target_num_rows_per_block=smallest_batch)
+    ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"rules": rules},
+                        num_cpus=0.1)
+
+    workers = stage_workers()
+    for stage, pool in config.stages.items():
+        kwargs = worker_kwargs(pool, model)
+        if stage == schema.STAGE_DECODE:
+            kwargs.update(
+                output_uri=config.output.uri,
+                storage_options=storage_options,
+                image_format=config.output.image_format,
+                video_format=config.output.video_format,
+            )
+        ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))
+    return ds

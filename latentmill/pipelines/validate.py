@@ -1,0 +1,211 @@
+"""Raw prompt-table rows -> generation requests, or error rows that say what to fix.
+
+Runs as plain Ray tasks before any model stage. Nothing here raises for a bad row: a bad row becomes
+an error row, and the job goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from latentmill import schema
+from latentmill.config import GenerationDefaults, Limits
+from latentmill.models.base import Family, Request
+
+SEED_LIMIT = 2**63
+
+
+@dataclass(frozen=True)
+class RowRules:
+    """Everything validation needs, resolved once on the driver and shipped to the tasks."""
+
+    prompt_column: str
+    id_column: str
+    defaults: dict[str, Any]  # every request field but id/prompt/seed has a concrete value here
+    job_seed: int
+    limits: Limits
+    family: Family
+
+
+def resolve_defaults(job: GenerationDefaults, model_defaults: dict[str, Any]) -> dict[str, Any]:
+    """Job defaults where given, else the model's own."""
+    resolved = {schema.NEGATIVE_PROMPT: job.negative_prompt}
+    for name in (schema.STEPS, schema.GUIDANCE, schema.HEIGHT, schema.WIDTH, schema.NUM_FRAMES, schema.FPS):
+        value = getattr(job, name)
+        resolved[name] = value if value is not None else model_defaults.get(name, 1 if name == schema.NUM_FRAMES else 0)
+    return resolved
+
+
+def derived_id(prompt: str, overrides: dict[str, Any]) -> str:
+    """A stable id for a row without one: same row content, same id, on every run of the table."""
+    canonical = json.dumps([prompt, sorted(overrides.items())], ensure_ascii=False, default=str)
+    return "p" + hashlib.sha256(canonical.encode()).hexdigest()[:20]
+
+
+def derived_seed(job_seed: int, row_id: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"{job_seed}:{row_id}".encode()).digest()[:8], "big") % 2**31
+
+
+class RowError(ValueError):
+    """A row that cannot run; message names the column and the fix."""
+
+
+def _coerce(column: str, value: Any, kind: type) -> Any:
+    """Accept a per-row override of the right type, or explain which type was expected."""
+    if kind is str:
+        if isinstance(value, str):
+            return value
+        raise RowError(f"column {column!r} must be text, got {value!r} ({type(value).__name__})")
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)):
+        raise RowError(f"column {column!r} must be a number, got {value!r} ({type(value).__name__})")
+    if kind is int:
+        if isinstance(value, (float, np.floating)) and not float(value).is_integer():
+            raise RowError(f"column {column!r} must be a whole number, got {value!r}")
+        return int(value)
+    value = float(value)
+    if not math.isfinite(value):
+        raise RowError(f"column {column!r} must be a finite number, got {value!r}")
+    return value
+
+
+def _check_limits(request: Request, limits: Limits, family: Family) -> None:
+    if request.num_inference_steps < 1:
+        raise RowError(f"num_inference_steps must be >= 1, got {request.num_inference_steps}")
+    if request.num_inference_steps > limits.max_steps:
+        raise RowError(f"num_inference_steps {request.num_inference_steps} exceeds limits.max_steps {limits.max_steps}")
+    if request.guidance_scale < 0:
+        raise RowError(f"guidance_scale must be >= 0, got {request.guidance_scale}")
+    if request.height < 1 or request.width < 1:
+        raise RowError(f"height and width must be positive, got {request.height} x {request.width}")
+    if request.height > limits.max_height or request.width > limits.max_width:
+        raise RowError(
+            f"size {request.height} x {request.width} exceeds limits.max_height x max_width "
+            f"{limits.max_height} x {limits.max_width}; lower it or raise the limits in the job file"
+        )
+    if family.is_video:
+        if not 1 <= request.num_frames <= limits.max_frames:
+            raise RowError(f"num_frames {request.num_frames} must be between 1 and limits.max_frames {limits.max_frames}")
+        if request.fps <= 0:
+            raise RowError(f"fps must be > 0, got {request.fps}")
+    if not 0 <= request.seed < SEED_LIMIT:
+        raise RowError(f"seed must be between 0 and 2**63-1, got {request.seed}")
+    reason = family.check_request(request)
+    if reason:
+        raise RowError(reason)
+
+
+def to_request(row: dict[str, Any], rules: RowRules) -> Request:
+    """One raw row -> Request; raises RowError with an actionable message."""
+    prompt = row.get(rules.prompt_column)
+    if prompt is None:
+        raise RowError(f"prompt column {rules.prompt_column!r} is null; give every row a prompt")
+    if not isinstance(prompt, str):
+        raise RowError(
+            f"prompt column {rules.prompt_column!r} must be text, got {prompt!r} ({type(prompt).__name__})"
+        )
+    if not prompt.strip():
+        raise RowError(f"prompt column {rules.prompt_column!r} is empty; give every row a prompt")
+    if len(prompt) > rules.limits.max_prompt_chars:
+        raise RowError(f"prompt has {len(prompt)} characters, above limits.max_prompt_chars {rules.limits.max_prompt_chars}")
+
+    overrides = {}
+    for column, kind in schema.OVERRIDE_COLUMNS.items():
+        if column != rules.prompt_column and row.get(column) is not None:
+            overrides[column] = _coerce(column, row[column], kind)
+
+    raw_id = row.get(rules.id_column)
+    if raw_id is None:
+        row_id = derived_id(prompt, overrides)
+    elif isinstance(raw_id, bool) or not isinstance(raw_id, (str, int, np.integer)):
+        raise RowError(f"id column {rules.id_column!r} must be text or an integer, got {type(raw_id).__name__}")
+    else:
+        row_id = str(raw_id)
+        if not row_id.strip():
+            raise RowError(f"id column {rules.id_column!r} is empty; leave it null to derive one")
+
+    values = {**rules.defaults, **overrides}
+    if not rules.family.is_video:
+        values[schema.NUM_FRAMES], values[schema.FPS] = 1, 0.0
+    request = Request(
+        id=row_id,
+        prompt=prompt,
+        negative_prompt=values[schema.NEGATIVE_PROMPT],
+        seed=overrides.get(schema.SEED, derived_seed(rules.job_seed, row_id)),
+        num_inference_steps=values[schema.STEPS],
+        guidance_scale=float(values[schema.GUIDANCE]),
+        height=values[schema.HEIGHT],
+        width=values[schema.WIDTH],
+        num_frames=values[schema.NUM_FRAMES],
+        fps=float(values[schema.FPS]),
+    )
+    _check_limits(request, rules.limits, rules.family)
+    return request
+
+
+def _fallback_id(row: dict[str, Any], rules: RowRules) -> str:
+    raw = row.get(rules.id_column)
+    if raw is not None and str(raw).strip():
+        return str(raw)
+    return "p" + hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def empty_request_columns(size: int) -> dict[str, np.ndarray]:
+    return {
+        schema.ID: np.empty(size, dtype=object),
+        schema.PROMPT: np.empty(size, dtype=object),
+        schema.NEGATIVE_PROMPT: np.empty(size, dtype=object),
+        schema.SEED: np.zeros(size, dtype=np.int64),
+        schema.STEPS: np.zeros(size, dtype=np.int64),
+        schema.GUIDANCE: np.zeros(size, dtype=np.float64),
+        schema.HEIGHT: np.zeros(size, dtype=np.int64),
+        schema.WIDTH: np.zeros(size, dtype=np.int64),
+        schema.NUM_FRAMES: np.zeros(size, dtype=np.int64),
+        schema.FPS: np.zeros(size, dtype=np.float64),
+        schema.PROMPT_TRUNCATED: np.zeros(size, dtype=bool),
+        schema.INPUT_ROW: np.empty(size, dtype=object),
+        schema.ERROR_STAGE: np.full(size, "", dtype=object),
+        schema.ERROR_TYPE: np.full(size, "", dtype=object),
+        schema.ERROR_MESSAGE: np.full(size, "", dtype=object),
+    }
+
+
+def validate_batch(table, rules: RowRules) -> dict[str, np.ndarray]:
+    """A pyarrow batch of raw rows -> request columns; invalid rows carry their error."""
+    rows = table.to_pylist()
+    out = empty_request_columns(len(rows))
+    for index, row in enumerate(rows):
+        out[schema.INPUT_ROW][index] = json.dumps(row, ensure_ascii=False, default=str)
+        try:
+            request = to_request(row, rules)
+        except RowError as exc:
+            out[schema.ID][index] = _fallback_id(row, rules)
+            out[schema.PROMPT][index] = row.get(rules.prompt_column) if isinstance(row.get(rules.prompt_column), str) else ""
+            out[schema.NEGATIVE_PROMPT][index] = ""
+            out[schema.ERROR_STAGE][index] = schema.STAGE_VALIDATE
+            out[schema.ERROR_TYPE][index] = "InvalidRow"
+            out[schema.ERROR_MESSAGE][index] = str(exc)
+            continue
+        for name in schema.REQUEST_COLUMNS:
+            out[name][index] = getattr(request, name)
+    return out
+
+
+def request_from_columns(batch: dict[str, np.ndarray], index: int) -> Request:
+    return Request(
+        id=str(batch[schema.ID][index]),
+        prompt=str(batch[schema.PROMPT][index]),
+        negative_prompt=str(batch[schema.NEGATIVE_PROMPT][index]),
+        seed=int(batch[schema.SEED][index]),
+        num_inference_steps=int(batch[schema.STEPS][index]),
+        guidance_scale=float(batch[schema.GUIDANCE][index]),
+        height=int(batch[schema.HEIGHT][index]),
+        width=int(batch[schema.WIDTH][index]),
+        num_frames=int(batch[schema.NUM_FRAMES][index]),
+        fps=float(batch[schema.FPS][index]),
+    )

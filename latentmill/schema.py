@@ -1,0 +1,87 @@
+"""Column names and row contracts shared by every stage.
+
+Stages address columns by these names only, never by position, so a positive prompt embedding can
+never be mistaken for a negative one. No torch or ray imports here: the CLI and the unit tests use it.
+"""
+
+from __future__ import annotations
+
+# Request columns: one generation request per input row, after validation.
+ID = "id"
+PROMPT = "prompt"
+NEGATIVE_PROMPT = "negative_prompt"
+SEED = "seed"
+STEPS = "num_inference_steps"
+GUIDANCE = "guidance_scale"
+HEIGHT = "height"
+WIDTH = "width"
+NUM_FRAMES = "num_frames"
+FPS = "fps"
+PROMPT_TRUNCATED = "prompt_truncated"
+INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows what came in
+
+# Per-row columns a user may put in the prompt table to override the job's defaults.
+OVERRIDE_COLUMNS: dict[str, type] = {
+    NEGATIVE_PROMPT: str,
+    SEED: int,
+    STEPS: int,
+    GUIDANCE: float,
+    HEIGHT: int,
+    WIDTH: int,
+    NUM_FRAMES: int,
+    FPS: float,
+}
+
+# Error state carried by every row; an empty ERROR_STAGE means the row is healthy.
+ERROR_STAGE = "error_stage"
+ERROR_TYPE = "error_type"
+ERROR_MESSAGE = "error_message"
+
+# Stage names, used in error rows, timings and metrics.
+STAGE_VALIDATE = "validate"
+STAGE_ENCODE = "encode"
+STAGE_DENOISE = "denoise"
+STAGE_DECODE = "decode"
+STAGE_WRITE = "write"
+STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)
+
+# Tensor columns between stages: fixed shape per row, named.
+PROMPT_EMBEDS = "prompt_embeds"
+NEGATIVE_PROMPT_EMBEDS = "negative_prompt_embeds"
+LATENTS = "latents"
+
+
+def seconds_column(stage: str) -> str:
+    return f"{stage}_seconds"
+
+
+# Output columns filled by the decode stage.
+OUTPUT_URI = "output_uri"
+BYTES = "bytes"
+SHA256 = "sha256"
+MIME_TYPE = "mime_type"
+
+REQUEST_COLUMNS = (ID, PROMPT, NEGATIVE_PROMPT, SEED, STEPS, GUIDANCE, HEIGHT, WIDTH, NUM_FRAMES, FPS)
+
+# One manifest row per output (order as written to Parquet).
+MANIFEST_COLUMNS = (
+    *REQUEST_COLUMNS,
+    PROMPT_TRUNCATED,
+    "model",
+    "model_hash",
+    "model_family",
+    "scheduler",
+    OUTPUT_URI,
+    BYTES,
+    SHA256,
+    MIME_TYPE,
+    *(seconds_column(s) for s in STAGES),
+    "latentmill_version",
+    "job_fingerprint",
+)
+
+# One error row per failed input row.
+ERROR_COLUMNS = (ID, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE)
+
+# Columns that never leave the decode stage: tensors stay out of the driver.
+TENSOR_COLUMNS = (PROMPT_EMBEDS, NEGATIVE_PROMPT_EMBEDS, LATENTS)

@@ -1,0 +1,154 @@
+"""Row validation: every bad row becomes an error row that names the column and the fix."""
+
+import json
+
+import pyarrow as pa
+import pytest
+
+from latentmill import schema
+from latentmill.config import GenerationDefaults, Limits
+from latentmill.models.sd import StableDiffusion
+from latentmill.models.wan import Wan
+from latentmill.pipelines.validate import RowRules, derived_id, derived_seed, resolve_defaults, validate_batch
+
+IMAGE_DEFAULTS = {"num_inference_steps": 4, "guidance_scale": 5.0, "height": 64, "width": 64}
+
+
+def image_family():
+    """Family objects need only their component configs to validate rows."""
+    family = StableDiffusion.__new__(StableDiffusion)
+    family.index = {"_class_name": "StableDiffusionPipeline", "scheduler": ["diffusers", "PNDMScheduler"]}
+    family.configs = {"vae": {"block_out_channels": [8, 8, 8, 8]}, "unet": {"in_channels": 4}}
+    return family
+
+
+def video_family():
+    family = Wan.__new__(Wan)
+    family.index = {"_class_name": "WanPipeline"}
+    family.configs = {
+        "vae": {"scale_factor_temporal": 4, "scale_factor_spatial": 8},
+        "transformer": {"patch_size": [1, 2, 2], "in_channels": 16},
+    }
+    return family
+
+
+def rules(family=None, limits=None, **defaults):
+    family = family or image_family()
+    model_defaults = dict(IMAGE_DEFAULTS, **({"num_frames": 9, "fps": 8.0} if family.is_video else {}))
+    return RowRules(
+        prompt_column="prompt",
+        id_column="id",
+        defaults=resolve_defaults(GenerationDefaults(**defaults), model_defaults),
+        job_seed=7,
+        limits=limits or Limits(),
+        family=family,
+    )
+
+
+def run(rows, row_rules=None):
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+    out = validate_batch(table, row_rules or rules())
+    return [{name: out[name][i] for name in out} for i in range(len(rows))]
+
+
+def test_valid_row_takes_model_defaults_and_derived_seed():
+    [row] = run([{"prompt": "a red fox"}])
+    assert row[schema.ERROR_STAGE] == ""
+    assert (row[schema.HEIGHT], row[schema.WIDTH], row[schema.STEPS]) == (64, 64, 4)
+    assert row[schema.ID] == derived_id("a red fox", {})
+    assert row[schema.SEED] == derived_seed(7, row[schema.ID])
+    assert json.loads(row[schema.INPUT_ROW]) == {"prompt": "a red fox"}
+
+
+def test_null_override_means_default():
+    rows = run([{"prompt": "a", "height": 128}, {"prompt": "b"}])
+    assert [r[schema.HEIGHT] for r in rows] == [128, 64]
+
+
+def test_derived_ids_are_stable_and_depend_on_content():
+    first = run([{"prompt": "a"}, {"prompt": "b"}])
+    again = run([{"prompt": "b"}, {"prompt": "a"}])
+    assert first[0][schema.ID] == again[1][schema.ID]
+    assert first[0][schema.ID] != first[1][schema.ID]
+    with_seed = run([{"prompt": "a", "seed": 3}])
+    assert with_seed[0][schema.ID] != first[0][schema.ID]
+
+
+def test_per_row_overrides_win_over_job_defaults():
+    [row] = run(
+        [{"prompt": "p", "id": "x1", "seed": 42, "height": 128, "width": 32, "num_inference_steps": 9,
+          "guidance_scale": 1.5, "negative_prompt": "blurry"}],
+        rules(num_inference_steps=3),
+    )
+    assert row[schema.ERROR_STAGE] == ""
+    assert (row[schema.ID], row[schema.SEED], row[schema.HEIGHT], row[schema.WIDTH]) == ("x1", 42, 128, 32)
+    assert (row[schema.STEPS], row[schema.GUIDANCE], row[schema.NEGATIVE_PROMPT]) == (9, 1.5, "blurry")
+
+
+def test_job_defaults_win_over_model_defaults():
+    [row] = run([{"prompt": "p"}], rules(num_inference_steps=3, height=32))
+    assert (row[schema.STEPS], row[schema.HEIGHT]) == (3, 32)
+
+
+@pytest.mark.parametrize(
+    "row, message",
+    [
+        ({"prompt": None}, "is null"),
+        ({"prompt": ""}, "is empty"),
+        ({"prompt": "   \t"}, "is empty"),
+        ({"prompt": "p", "height": 60}, "multiples of 8"),
+        ({"prompt": "p", "height": 4096}, "exceeds limits.max_height"),
+        ({"prompt": "p", "num_inference_steps": 0}, "num_inference_steps must be >= 1"),
+        ({"prompt": "p", "num_inference_steps": 100000}, "limits.max_steps"),
+        ({"prompt": "p", "guidance_scale": -1.0}, "guidance_scale must be >= 0"),
+        ({"prompt": "p", "seed": -5}, "seed must be between"),
+    ],
+)
+def test_invalid_rows_become_error_rows(row, message):
+    [out] = run([row])
+    assert out[schema.ERROR_STAGE] == schema.STAGE_VALIDATE
+    assert out[schema.ERROR_TYPE] == "InvalidRow"
+    assert message in out[schema.ERROR_MESSAGE]
+    assert out[schema.ID]  # an error row still has an id to report
+
+
+def test_wrong_override_types_are_named():
+    [out] = run([{"prompt": "p", "height": "tall"}])
+    assert "column 'height' must be a number, got 'tall' (str)" in out[schema.ERROR_MESSAGE]
+    [out] = run([{"prompt": "p", "num_inference_steps": 2.5}])
+    assert "must be a whole number" in out[schema.ERROR_MESSAGE]
+    [out] = run([{"prompt": "p", "negative_prompt": 3}])
+    assert "column 'negative_prompt' must be text" in out[schema.ERROR_MESSAGE]
+
+
+def test_non_text_prompt_column():
+    [out] = run([{"prompt": 12}])
+    assert "must be text, got 12 (int)" in out[schema.ERROR_MESSAGE]
+
+
+def test_good_rows_survive_bad_neighbours():
+    rows = run([{"prompt": "ok"}, {"prompt": None}, {"prompt": "also ok", "height": 33}, {"prompt": "fine"}])
+    assert [r[schema.ERROR_STAGE] for r in rows] == ["", "validate", "validate", ""]
+
+
+def test_custom_prompt_column_and_limits():
+    row_rules = RowRules(
+        prompt_column="Prompt", id_column="id", defaults=rules().defaults, job_seed=0,
+        limits=Limits(max_height=64, max_width=64), family=image_family(),
+    )
+    good, big = run([{"Prompt": "x"}, {"Prompt": "y", "height": 128}], row_rules)
+    assert good[schema.PROMPT] == "x" and good[schema.ERROR_STAGE] == ""
+    assert "max_height" in big[schema.ERROR_MESSAGE]
+
+
+def test_video_frame_rule_comes_from_the_family():
+    row_rules = rules(video_family())
+    ok, bad = run([{"prompt": "v", "num_frames": 13}, {"prompt": "v", "num_frames": 12}], row_rules)
+    assert ok[schema.ERROR_STAGE] == "" and ok[schema.NUM_FRAMES] == 13
+    assert "4k+1" in bad[schema.ERROR_MESSAGE] and "9 or 13" in bad[schema.ERROR_MESSAGE]
+
+
+def test_image_rows_ignore_frame_columns():
+    [row] = run([{"prompt": "p", "num_frames": 12}])
+    assert row[schema.ERROR_STAGE] == "" and row[schema.NUM_FRAMES] == 1
