@@ -45,7 +45,7 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     import ray.data
 
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(table.filesystem))
-    ds = ray.data.read_parquet(list(table.files), filesystem=filesystem, columns=list(table.columns))
+    ds = ray.data.read_parquet(list(table.files), filesystem=filesystem).select_columns(list(table.columns))
     if config.input.limit:
         ds = ds.limit(config.input.limit)
     # A small table reads as one block; split it so that all three pools stream in parallel.

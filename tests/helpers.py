@@ -1,0 +1,52 @@
+"""Helpers shared by the integration tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from latentmill.config import load_config
+from latentmill.io import media
+from latentmill.pipelines.job import run_job
+
+SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.parquet"
+
+
+def write_table(path: Path, rows: list[dict]) -> Path:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), path)
+    return path
+
+
+def generate(input_uri: str, output_uri: str, model: str = "builtin:tiny-image", batch_size: int = 4,
+             **sections) -> tuple:
+    """Run the whole job with every pool at `batch_size`; returns (summary, config)."""
+    pool = {"batch_size": batch_size, "num_cpus": 0.5, "torch_threads": 1}
+    overrides = {
+        "input": {"uri": input_uri},
+        "output": {"uri": output_uri},
+        "model": {"path": model},
+        "stages": {"encode": pool, "denoise": pool, "decode": pool},
+        "ray": {"progress_bars": False},
+    }
+    for section, values in sections.items():
+        overrides.setdefault(section, {}).update(values)
+    config = load_config(None, overrides)
+    return run_job(config), config
+
+
+def read_parquet_folder(fs, root: str) -> pa.Table | None:
+    files = sorted(fs.glob(root.rstrip("/") + "/*.parquet")) if fs.exists(root) else []
+    if not files:
+        return None
+    tables = []
+    for file in files:
+        with fs.open(file, "rb") as handle:
+            tables.append(pq.read_table(handle))
+    return pa.concat_tables(tables)
+
+
+def decode_media(data: bytes, mime: str):
+    return media.decode_video(data) if mime in ("video/mp4", "image/apng") else media.decode_image(data)[None]
