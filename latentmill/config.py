@@ -60,6 +60,9 @@ class InputSettings(_Strict):
     prompt_column: str = "prompt"
     id_column: str = "id"
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
+    samples_per_prompt: int = Field(
+        1, ge=1, description="Outputs per row; sample k gets id '<id>-s<k>' and its own derived seed."
+    )
 
 
 class OutputSettings(_Strict):
@@ -67,6 +70,12 @@ class OutputSettings(_Strict):
     image_format: Literal["png", "jpeg", "webp"] = "png"
     video_format: Literal["mp4", "apng"] = "mp4"
     manifest_rows_per_part: int = Field(1000, ge=1, description="Rows per manifest Parquet part.")
+    manifest_flush_seconds: float = Field(
+        30.0, gt=0, description="Write a manifest part at least this often, so a crash loses little."
+    )
+    verify_existing: Literal["sha256", "size"] = Field(
+        "sha256", description="How a resumed run checks the objects a manifest names: re-hash, or size only."
+    )
 
 
 class ModelSettings(_Strict):
@@ -160,6 +169,43 @@ class RaySettings(_Strict):
     progress_bars: bool = True
 
 
+class MetricsSettings(_Strict):
+    """Prometheus metrics of a run (see docs/operations.md, "Monitoring")."""
+
+    port: int | None = Field(None, ge=0, le=65535,
+                             description="Serve the driver's metrics at http://ADDRESS:PORT/metrics during the "
+                             "run (0: any free port); None: don't serve.")
+    address: str = Field("127.0.0.1", description="Address the driver's metrics endpoint binds to.")
+    pushgateway: str | None = Field(None, description="Push the run's final metrics to this Prometheus "
+                                    "Pushgateway URL at the end.")
+    job_name: str = Field("latentmill", min_length=1,
+                          description="The `job` label of every latentmill metric, and the Pushgateway job.")
+
+
+class HiddenOptions:
+    """fsspec storage options that never print their secret (actors' reprs, logs, errors)."""
+
+    def __init__(self, options: dict[str, Any]) -> None:
+        self._options = dict(options)
+
+    def reveal(self) -> dict[str, Any]:
+        return dict(self._options)
+
+    def __repr__(self) -> str:
+        return "HiddenOptions(<hidden>)"
+
+
+def parse_budget(value: str | float | int | None) -> float | int | None:
+    """`10` -> 10 rows, `0.05` or `5%` -> that fraction of the rows read."""
+    if value is None or isinstance(value, (int, float)):
+        return value
+    text = str(value).strip()
+    if text.endswith("%"):
+        return float(text[:-1]) / 100
+    number = float(text)
+    return int(number) if number.is_integer() and number >= 1 else number
+
+
 class JobConfig(_Strict):
     input: InputSettings = Field(default_factory=InputSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -169,6 +215,29 @@ class JobConfig(_Strict):
     stages: StageSettings = Field(default_factory=StageSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    max_failed: int | float | None = Field(
+        None,
+        description="Error budget: a count (10) or a fraction of rows read (0.05); past it the job exits 3.",
+    )
+
+    @field_validator("max_failed", mode="before")
+    @classmethod
+    def _parse_budget(cls, value: Any) -> Any:
+        try:
+            budget = parse_budget(value)
+        except ValueError:
+            raise ValueError("max_failed must be a count (10), a fraction (0.05) or a percentage ('5%')") from None
+        if budget is not None and (budget < 0 or (isinstance(budget, float) and budget >= 1)):
+            raise ValueError("max_failed must be a count >= 0 or a fraction below 1")
+        return budget
+
+    def budget_exceeded(self, failed: int, read: int) -> bool:
+        if self.max_failed is None:
+            return False
+        if isinstance(self.max_failed, float):
+            return failed > self.max_failed * read
+        return failed > self.max_failed
 
     @model_validator(mode="after")
     def _check_uris(self) -> JobConfig:

@@ -17,6 +17,7 @@ HEIGHT = "height"
 WIDTH = "width"
 NUM_FRAMES = "num_frames"
 FPS = "fps"
+SAMPLE_INDEX = "sample_index"  # k of N samples per prompt; every input row has exactly one sample 0
 PROMPT_TRUNCATED = "prompt_truncated"
 INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows what came in
 
@@ -32,8 +33,10 @@ OVERRIDE_COLUMNS: dict[str, type] = {
     FPS: float,
 }
 
-# Error state carried by every row; an empty ERROR_STAGE means the row is healthy.
+# Row state carried by every row. An empty ERROR_STAGE means the row still needs work; otherwise it
+# names the stage that failed it, or is ALREADY_DONE for a row a previous run completed.
 ERROR_STAGE = "error_stage"
+ALREADY_DONE = "already_done"
 ERROR_TYPE = "error_type"
 ERROR_MESSAGE = "error_message"
 
@@ -66,6 +69,7 @@ REQUEST_COLUMNS = (ID, PROMPT, NEGATIVE_PROMPT, SEED, STEPS, GUIDANCE, HEIGHT, W
 # One manifest row per output (order as written to Parquet).
 MANIFEST_COLUMNS = (
     *REQUEST_COLUMNS,
+    SAMPLE_INDEX,
     PROMPT_TRUNCATED,
     "model",
     "model_hash",
@@ -81,7 +85,7 @@ MANIFEST_COLUMNS = (
 )
 
 # One error row per failed input row.
-ERROR_COLUMNS = (ID, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE)
+ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
 
 # Columns that never leave the decode stage: tensors stay out of the driver.
 TENSOR_COLUMNS = (PROMPT_EMBEDS, NEGATIVE_PROMPT_EMBEDS, LATENTS)

@@ -16,6 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from latentmill import schema
+from latentmill.metrics import DEFAULT_JOB, StageMetrics
+from latentmill.config import HiddenOptions
 from latentmill.models import ModelRef
 from latentmill.models.base import Request
 from latentmill.pipelines.validate import request_from_columns
@@ -23,62 +25,34 @@ from latentmill.pipelines.validate import request_from_columns
 log = logging.getLogger(__name__)
 
 
-def quiet_libraries() -> None:
-    """Keep per-step progress bars and load chatter of diffusers/transformers out of the job log."""
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
-    import diffusers.utils.logging
-    import transformers.utils.logging
-
-    for library in (diffusers.utils.logging, transformers.utils.logging):
-        library.set_verbosity_error()
-        library.disable_progress_bar()
-
-
-def pick_device(num_gpus: float) -> str:
-    """CUDA when Ray gave this actor a GPU and torch can see one; otherwise the CPU."""
-    import torch
-
-    if num_gpus > 0 and torch.cuda.is_available():
-        return "cuda"
-    return "cpu"
-
-
-def torch_dtype(name: str, device: str):
-    import torch
-
-    if device == "cpu" and name == "float16":
-        return torch.float32  # many CPU kernels have no float16; keep results correct
-    return getattr(torch, name)
-
-
 class StageWorker:
     """Common life cycle of a stage actor: set up torch, load once, map batches with row isolation."""
 
     stage: str
 
-    def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int) -> None:
-        quiet_libraries()
-        import torch
-
-        torch.set_num_threads(torch_threads)
-        self.device = pick_device(num_gpus)
-        self.dtype = torch_dtype(dtype, self.device)
+    def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
+                 metrics_job: str = DEFAULT_JOB) -> None:
         started = time.perf_counter()
         self.family = model.family()
+        self.device, self.dtype = self.family.prepare_runtime(num_gpus, dtype, torch_threads)
         self.load()
         self.load_seconds = time.perf_counter() - started
         log.info("%s worker loaded %s on %s in %.1fs", self.stage, model.path, self.device, self.load_seconds)
+        self.metrics = StageMetrics(self.stage, model.path, metrics_job)
+        self.metrics.model_loaded(self.load_seconds)
 
     def load(self) -> None:
         raise NotImplementedError
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         healthy = [i for i, stage in enumerate(batch[schema.ERROR_STAGE]) if not stage]
-        out = self.prepare_output(batch)
-        for group in self.group(batch, healthy):
-            self._run_isolated(batch, out, group)
-        return self.finish(out)
+        with self.metrics.batch() as record:  # latency, rows by outcome, bytes, batches in flight
+            out = self.prepare_output(batch)
+            for group in self.group(batch, healthy):
+                self._run_isolated(batch, out, group)
+            out = self.finish(out)
+            record.outcome(out, healthy)
+        return out
 
     def finish(self, out: dict[str, Any]) -> dict[str, np.ndarray]:
         return out
@@ -210,13 +184,14 @@ class DecodeWorker(StageWorker):
     stage = schema.STAGE_DECODE
 
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
-                 output_uri: str, storage_options: dict[str, Any], image_format: str, video_format: str) -> None:
+                 output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
+                 metrics_job: str = DEFAULT_JOB) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
-        self.fs, self.root = storage.resolve(output_uri, storage_options)
+        self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
-        super().__init__(model, num_gpus, dtype, torch_threads)
+        super().__init__(model, num_gpus, dtype, torch_threads, metrics_job)
 
     def load(self) -> None:
         self.family.load_decoder(self.device, self.dtype)

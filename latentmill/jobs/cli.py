@@ -47,6 +47,10 @@ def _run_parser(subparsers) -> None:
                      help="media format: png/jpeg/webp for images, mp4/apng for videos")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
+    run.add_argument("--pushgateway", metavar="URL",
+                     help="push the run's final metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)")
+    run.add_argument("--metrics-port", type=int, metavar="PORT",
+                     help="serve the driver's metrics at http://127.0.0.1:PORT/metrics during the run")
 
 
 def _models_parser(subparsers) -> None:
@@ -88,6 +92,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("defaults", "num_frames", args.num_frames)
     put("defaults", "seed", args.seed)
     put("ray", "address", args.ray_address)
+    put("metrics", "pushgateway", getattr(args, "pushgateway", None))
+    put("metrics", "port", getattr(args, "metrics_port", None))
     if args.no_progress:
         put("ray", "progress_bars", False)
     if args.format in IMAGE_FORMATS:

@@ -12,9 +12,12 @@ import importlib
 import json
 import os
 import pkgutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
+from typing import Any
+
+from latentmill.config import HiddenOptions
 from latentmill.models.base import Family
 
 BUILTIN_PREFIX = "builtin:"
@@ -33,7 +36,7 @@ def families() -> dict[str, type[Family]]:
     """diffusers pipeline class name -> family adapter, from every module in this package."""
     found: dict[str, type[Family]] = {}
     for module in pkgutil.iter_modules(__path__):
-        if module.name in {"base", "tiny"}:
+        if module.name in {"base", "tiny"}:  # not families
             continue
         importlib.import_module(f"{__name__}.{module.name}")
     for family in _subclasses(Family):
@@ -58,10 +61,10 @@ class ModelRef:
     local_dir: str  # a diffusers folder on this node (re-materialised on other nodes)
     pipeline_class: str
     content_hash: str
-    storage_options: tuple = ()
+    storage_options: Any = field(default=None, repr=False)  # HiddenOptions: never printed
 
     def family(self) -> Family:
-        local = materialize(self.path, dict(self.storage_options))
+        local = materialize(self.path, self.storage_options.reveal() if self.storage_options else {})
         return families()[self.pipeline_class](local)
 
     @property
@@ -72,10 +75,13 @@ class ModelRef:
 def materialize(path: str, storage_options: dict | None = None) -> Path:
     """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied."""
     if path.startswith(BUILTIN_PREFIX):
-        from latentmill.models.tiny import ensure_builtin
-
+        name = path[len(BUILTIN_PREFIX):]
+        if name.startswith("sim-"):
+            from latentmill.models.simulated import ensure_simulated as ensure
+        else:
+            from latentmill.models.tiny import ensure_builtin as ensure
         try:
-            return ensure_builtin(path[len(BUILTIN_PREFIX):])
+            return ensure(name)
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     if "://" in path and not path.startswith("file://"):
@@ -156,5 +162,5 @@ def resolve_model(path: str, storage_options: dict | None = None, allow_pickle: 
         local_dir=str(local),
         pipeline_class=pipeline_class,
         content_hash=_content_hash(local),
-        storage_options=tuple(sorted((storage_options or {}).items())),
+        storage_options=HiddenOptions(storage_options or {}),
     )

@@ -99,7 +99,22 @@ class Family:
     def output_frames(self, request: Request) -> int:
         return 1
 
+    def generation_defaults(self) -> dict[str, Any]:
+        """A checkpoint may carry its own defaults (the built-in ones do); else the family's."""
+        return self.index.get("_latentmill_defaults", self.defaults)
+
     # ---- stages (run inside the stage actors) -------------------------------------------------
+
+    def prepare_runtime(self, num_gpus: float, dtype: str, threads: int):
+        """Set up torch in a stage actor; returns (device, torch dtype) for the stage's load_*."""
+        quiet_libraries()
+        import torch
+
+        torch.set_num_threads(threads)
+        device = "cuda" if num_gpus > 0 and torch.cuda.is_available() else "cpu"
+        if device == "cpu" and dtype == "float16":
+            return device, torch.float32  # many CPU kernels lack float16; stay correct
+        return device, getattr(torch, dtype)
 
     def load_encoder(self, device: torch.device, dtype: torch.dtype) -> None:
         raise NotImplementedError
@@ -179,6 +194,20 @@ class Family:
     def reference_generate(self, pipe, request: Request) -> np.ndarray:
         """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
         raise NotImplementedError
+
+
+def quiet_libraries() -> None:
+    """Keep per-step progress bars and load chatter of diffusers/transformers out of the job log."""
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    import diffusers.utils.logging
+    import transformers.utils.logging
+
+    for library in (diffusers.utils.logging, transformers.utils.logging):
+        library.set_verbosity_error()
+        library.disable_progress_bar()
 
 
 def cpu_generator(seed: int):

@@ -29,10 +29,14 @@ class JobError(Exception):
 class RunSummary:
     run_id: str
     output_uri: str
-    rows_read: int = 0
+    rows_read: int = 0  # input rows
+    requests: int = 0  # rows x samples per prompt, for valid rows
     outputs_written: int = 0
+    already_done: int = 0
     rows_failed: int = 0
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    resumed: bool = False
+    budget_exceeded: bool = False
     wall_seconds: float = 0.0
     seconds_to_first_output: float | None = None
     model: str = ""
@@ -43,12 +47,15 @@ class RunSummary:
 
     @property
     def balanced(self) -> bool:
-        return self.rows_read == self.outputs_written + self.rows_failed
+        return self.requests == self.outputs_written + self.already_done + self.rows_failed
 
     def table(self) -> str:
-        rows = [
-            ("rows read", self.rows_read),
+        rows: list[tuple[str, Any]] = [("rows read", self.rows_read)]
+        if self.requests != self.rows_read:
+            rows.append(("samples requested", self.requests))
+        rows += [
             ("outputs written", self.outputs_written),
+            ("already done", self.already_done),
             ("rows failed", self.rows_failed),
         ]
         rows += [(f"  failed in {stage}", count) for stage, count in sorted(self.failed_by_stage.items())]
@@ -58,6 +65,8 @@ class RunSummary:
         width = max(len(label) for label, _ in rows)
         lines = [f"{label:<{width}}  {value}" for label, value in rows]
         lines.append(f"{'output':<{width}}  {self.output_uri}")
+        if self.budget_exceeded:
+            lines.append("error budget (max_failed) exceeded")
         return "\n".join(lines)
 
 
@@ -78,19 +87,29 @@ class ResultWriter:
     """Writes manifest and error rows as Parquet parts; a part is written only after its media."""
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
-                 static: dict[str, Any]) -> None:
+                 flush_seconds: float, static: dict[str, Any]) -> None:
         from latentmill.io import storage
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.rows_per_part, self.static = run_id, rows_per_part, static
         self.pending: dict[str, list[dict[str, Any]]] = {"manifest": [], "errors": []}
         self.parts = {"manifest": 0, "errors": 0}
+        self.flush_seconds = flush_seconds
+        self.last_flush = time.monotonic()
 
     def add(self, batch: dict[str, Any], summary: RunSummary) -> None:
+        """Account for every result row: an output, an error, or already done."""
         for index in range(len(batch[schema.ID])):
             stage = batch[schema.ERROR_STAGE][index]
-            if stage:
-                self.pending["errors"].append({name: _plain(batch[name][index]) for name in schema.ERROR_COLUMNS})
+            if batch[schema.SAMPLE_INDEX][index] == 0:
+                summary.rows_read += 1
+            summary.requests += 1
+            if stage == schema.ALREADY_DONE:
+                summary.already_done += 1
+            elif stage:
+                row = {name: _plain(batch[name][index]) for name in schema.ERROR_COLUMNS if name in batch}
+                row["run_id"] = self.run_id
+                self.pending["errors"].append(row)
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
             else:
@@ -98,9 +117,9 @@ class ResultWriter:
                 row.update(self.static)
                 self.pending["manifest"].append(row)
                 summary.outputs_written += 1
-            summary.rows_read += 1
+        overdue = time.monotonic() - self.last_flush > self.flush_seconds
         for kind in self.pending:
-            if len(self.pending[kind]) >= self.rows_per_part:
+            if overdue or len(self.pending[kind]) >= self.rows_per_part:
                 self.flush(kind)
 
     def flush(self, kind: str) -> None:
@@ -120,10 +139,15 @@ class ResultWriter:
         storage.put_bytes(self.fs, storage.join(self.root, kind, name), buffer.getvalue())
         self.parts[kind] += 1
         self.pending[kind] = []
+        self.last_flush = time.monotonic()
 
     def close(self) -> None:
         for kind in self.pending:
             self.flush(kind)
+
+    def remove_parts(self, paths: list[str]) -> None:
+        for path in paths:
+            self.fs.rm_file(path)
 
     def write_json(self, name: str, payload: dict[str, Any]) -> None:
         from latentmill.io import storage
@@ -161,7 +185,6 @@ def prepare(config: JobConfig):
     """Every check that needs no Ray: input table, output access, model. Raises JobError."""
     from latentmill.io.storage import StorageError, check_writable
     from latentmill.models import ModelError, resolve_model
-    from latentmill.models.tiny import TINY_DEFAULTS
     from latentmill.pipelines.inputs import InputError, inspect_table
     from latentmill.pipelines.validate import RowRules, resolve_defaults
 
@@ -173,25 +196,50 @@ def prepare(config: JobConfig):
     except (InputError, StorageError, ModelError) as exc:
         raise JobError(str(exc)) from None
     family = model.family()
-    model_defaults = TINY_DEFAULTS.get(model.builtin_name or "", family.defaults)
     rules = RowRules(
         prompt_column=config.input.prompt_column,
         id_column=config.input.id_column,
-        defaults=resolve_defaults(config.defaults, model_defaults),
+        defaults=resolve_defaults(config.defaults, family.generation_defaults()),
         job_seed=config.defaults.seed,
         limits=config.limits,
         family=family,
+        samples_per_prompt=config.input.samples_per_prompt,
     )
     return options, table, model, family, rules
 
 
+def _root_cause(exc: BaseException) -> BaseException:
+    """The user's exception inside Ray's wrappers (RayTaskError, ActorDiedError chains)."""
+    seen = exc
+    while True:
+        inner = getattr(seen, "cause", None) or seen.__cause__
+        if inner is None or inner is seen:
+            return seen
+        seen = inner
+
+
 def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
+    """Run the job to the end and return its summary; raises JobError when it cannot finish."""
+    from latentmill.io.storage import resolve
+    from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
+
     started = time.perf_counter()
     options, table, model, family, rules = prepare(config)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     fingerprint = job_fingerprint(config, model.content_hash)
     summary = RunSummary(run_id=run_id, output_uri=config.output.uri, model=config.model.path,
                          model_hash=model.content_hash, job_fingerprint=fingerprint, config=config.public_dict())
+    fs, root = resolve(config.output.uri, options)
+    try:
+        summary.resumed = check_job_record(
+            fs, root, fingerprint, {"output": config.output.uri, "model": config.model.path, "input": config.input.uri}
+        )
+        state = load_output_state(fs, root, config.output.verify_existing)
+    except OutputConflict as exc:
+        raise JobError(str(exc)) from None
+    if summary.resumed:
+        log.info("resuming %s: %d output(s) already done", config.output.uri, len(state.done))
+
     static = {
         "model": config.model.path,
         "model_hash": model.content_hash,
@@ -200,32 +248,58 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
         "latentmill_version": __version__,
         "job_fingerprint": fingerprint,
     }
-    writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part, static)
+    writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
+                          config.output.manifest_flush_seconds, static)
     expected = min(table.num_rows, config.input.limit or table.num_rows)
     if expected == 0:
         log.warning("the prompt table %s has no rows; nothing to do", config.input.uri)
     else:
-        import ray.data
+        _stream(config, table, rules, model, options, state, writer, summary, started, on_progress)
+    writer.close()
+    summary.wall_seconds = time.perf_counter() - started
+    if summary.rows_read != expected or not summary.balanced:
+        raise JobError(
+            f"row accounting failed: expected {expected} rows, read {summary.rows_read}, "
+            f"wrote {summary.outputs_written}, already done {summary.already_done}, failed "
+            f"{summary.rows_failed}; please report this as a bug"
+        )
+    # Every row of earlier runs was either done or retried in this one: their error parts are stale.
+    writer.remove_parts(state.error_parts)
+    summary.budget_exceeded = config.budget_exceeded(summary.rows_failed, summary.rows_read)
+    payload = asdict(summary)
+    writer.write_json(f"runs/{run_id}.json", payload)
+    writer.write_json("summary.json", payload)
+    return summary
 
-        from latentmill.pipelines.plan import build_dataset
 
-        init_ray(config)
-        ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress_bars
-        dataset = build_dataset(config, table, rules, model, options)
+def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress) -> None:
+    import ray
+    import ray.data
+
+    from latentmill.io.storage import StorageError
+    from latentmill.pipelines.ledger import start_ledger
+    from latentmill.pipelines.plan import build_dataset
+
+    init_ray(config)
+    ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress_bars
+    ledger = start_ledger()
+    done = ray.put(frozenset(state.done)) if state.done else None
+    dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
+    try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
             if summary.seconds_to_first_output is None and summary.outputs_written:
                 summary.seconds_to_first_output = time.perf_counter() - started
             if on_progress:
                 on_progress(summary)
-    writer.close()
-    summary.wall_seconds = time.perf_counter() - started
-    if summary.rows_read != expected or not summary.balanced:
+    except Exception as exc:  # noqa: BLE001 - Ray wraps the cause; report it, not Ray's traceback
+        writer.close()  # keep what finished: a re-run resumes from it
+        cause = _root_cause(exc)
+        if isinstance(cause, StorageError):
+            raise JobError(f"storage failed, job stopped: {cause}") from None
         raise JobError(
-            f"row accounting failed: expected {expected} rows, read {summary.rows_read}, "
-            f"wrote {summary.outputs_written}, failed {summary.rows_failed}; please report this as a bug"
-        )
-    payload = asdict(summary)
-    writer.write_json(f"runs/{run_id}.json", payload)
-    writer.write_json("summary.json", payload)
-    return summary
+            f"job stopped: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+            f"\n{summary.outputs_written} output(s) were saved; re-run the same command to resume"
+        ) from None
+    finally:
+        ray.kill(ledger)

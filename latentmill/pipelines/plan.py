@@ -6,7 +6,7 @@ from typing import Any
 
 from latentmill import schema
 from latentmill.actors.stages import stage_workers, default_threads
-from latentmill.config import JobConfig, PoolSettings
+from latentmill.config import HiddenOptions, JobConfig, PoolSettings
 from latentmill.models import ModelRef
 from latentmill.pipelines.inputs import PromptTable
 from latentmill.pipelines.validate import RowRules, validate_batch
@@ -40,7 +40,7 @@ def worker_kwargs(pool: PoolSettings, model: ModelRef) -> dict[str, Any]:
 
 
 def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model: ModelRef,
-                  storage_options: dict[str, Any]):
+                  storage_options: dict[str, Any], ledger=None, done=None):
     import pyarrow.fs
     import ray.data
 
@@ -51,7 +51,7 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     # A small table reads as one block; split it so that all three pools stream in parallel.
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
     ds = ds.repartition(target_num_rows_per_block=smallest_batch)
-    ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"rules": rules},
+    ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"rules": rules, "ledger": ledger, "done": done},
                         num_cpus=0.1)
 
     workers = stage_workers()
@@ -60,7 +60,7 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
         if stage == schema.STAGE_DECODE:
             kwargs.update(
                 output_uri=config.output.uri,
-                storage_options=storage_options,
+                storage_options=HiddenOptions(storage_options),
                 image_format=config.output.image_format,
                 video_format=config.output.video_format,
             )

@@ -31,6 +31,7 @@ class RowRules:
     job_seed: int
     limits: Limits
     family: Family
+    samples_per_prompt: int = 1
 
 
 def resolve_defaults(job: GenerationDefaults, model_defaults: dict[str, Any]) -> dict[str, Any]:
@@ -100,8 +101,12 @@ def _check_limits(request: Request, limits: Limits, family: Family) -> None:
         raise RowError(reason)
 
 
-def to_request(row: dict[str, Any], rules: RowRules) -> Request:
-    """One raw row -> Request; raises RowError with an actionable message."""
+def to_requests(row: dict[str, Any], rules: RowRules) -> list[Request]:
+    """One raw row -> its requests (one per sample); raises RowError with an actionable message.
+
+    With N samples per prompt, sample k has id `<id>-s<k>` and a seed derived from the row's seed
+    (or the job seed) and that id, so every sample differs and each is reproducible alone.
+    """
     prompt = row.get(rules.prompt_column)
     if prompt is None:
         raise RowError(f"prompt column {rules.prompt_column!r} is null; give every row a prompt")
@@ -132,20 +137,30 @@ def to_request(row: dict[str, Any], rules: RowRules) -> Request:
     values = {**rules.defaults, **overrides}
     if not rules.family.is_video:
         values[schema.NUM_FRAMES], values[schema.FPS] = 1, 0.0
-    request = Request(
-        id=row_id,
-        prompt=prompt,
-        negative_prompt=values[schema.NEGATIVE_PROMPT],
-        seed=overrides.get(schema.SEED, derived_seed(rules.job_seed, row_id)),
-        num_inference_steps=values[schema.STEPS],
-        guidance_scale=float(values[schema.GUIDANCE]),
-        height=values[schema.HEIGHT],
-        width=values[schema.WIDTH],
-        num_frames=values[schema.NUM_FRAMES],
-        fps=float(values[schema.FPS]),
-    )
-    _check_limits(request, rules.limits, rules.family)
-    return request
+    base_seed = overrides.get(schema.SEED)
+    requests = []
+    for sample in range(rules.samples_per_prompt):
+        if rules.samples_per_prompt == 1:
+            sample_id = row_id
+            seed = base_seed if base_seed is not None else derived_seed(rules.job_seed, row_id)
+        else:
+            sample_id = f"{row_id}-s{sample}"
+            seed = derived_seed(base_seed if base_seed is not None else rules.job_seed, sample_id)
+        request = Request(
+            id=sample_id,
+            prompt=prompt,
+            negative_prompt=values[schema.NEGATIVE_PROMPT],
+            seed=seed,
+            num_inference_steps=values[schema.STEPS],
+            guidance_scale=float(values[schema.GUIDANCE]),
+            height=values[schema.HEIGHT],
+            width=values[schema.WIDTH],
+            num_frames=values[schema.NUM_FRAMES],
+            fps=float(values[schema.FPS]),
+        )
+        _check_limits(request, rules.limits, rules.family)
+        requests.append(request)
+    return requests
 
 
 def _fallback_id(row: dict[str, Any], rules: RowRules) -> str:
@@ -167,6 +182,7 @@ def empty_request_columns(size: int) -> dict[str, np.ndarray]:
         schema.WIDTH: np.zeros(size, dtype=np.int64),
         schema.NUM_FRAMES: np.zeros(size, dtype=np.int64),
         schema.FPS: np.zeros(size, dtype=np.float64),
+        schema.SAMPLE_INDEX: np.zeros(size, dtype=np.int64),
         schema.PROMPT_TRUNCATED: np.zeros(size, dtype=bool),
         schema.INPUT_ROW: np.empty(size, dtype=object),
         schema.ERROR_STAGE: np.full(size, "", dtype=object),
@@ -175,24 +191,55 @@ def empty_request_columns(size: int) -> dict[str, np.ndarray]:
     }
 
 
-def validate_batch(table, rules: RowRules) -> dict[str, np.ndarray]:
-    """A pyarrow batch of raw rows -> request columns; invalid rows carry their error."""
-    rows = table.to_pylist()
-    out = empty_request_columns(len(rows))
-    for index, row in enumerate(rows):
-        out[schema.INPUT_ROW][index] = json.dumps(row, ensure_ascii=False, default=str)
+def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, np.ndarray]:
+    """A pyarrow batch of raw rows -> request columns; invalid rows carry their error.
+
+    `ledger` (an IdLedger actor) turns a second use of an id into an error row; `done` (ids a
+    previous run completed) marks those requests ALREADY_DONE so no stage touches them again.
+    """
+    results: list[tuple[str, int, str, Request | None, str]] = []  # id, sample, input row, request, error
+    for row in table.to_pylist():
+        input_row = json.dumps(row, ensure_ascii=False, default=str)
         try:
-            request = to_request(row, rules)
+            requests = to_requests(row, rules)
         except RowError as exc:
-            out[schema.ID][index] = _fallback_id(row, rules)
-            out[schema.PROMPT][index] = row.get(rules.prompt_column) if isinstance(row.get(rules.prompt_column), str) else ""
+            results.append((_fallback_id(row, rules), 0, input_row, None, str(exc)))
+            continue
+        results.extend((r.id, k, input_row, r, "") for k, r in enumerate(requests))
+
+    duplicate_positions: set[int] = set()
+    if ledger is not None or done is not None:
+        import ray
+
+        if isinstance(done, ray.ObjectRef):  # shared once through the object store
+            done = ray.get(done)
+    if ledger is not None:
+        claimable = [i for i, r in enumerate(results) if r[3] is not None]
+        claimed = ray.get(ledger.claim.remote([results[i][0] for i in claimable]))
+        duplicate_positions = {i for i, first in zip(claimable, claimed) if not first}
+
+    out = empty_request_columns(len(results))
+    for index, (row_id, sample, input_row, request, error) in enumerate(results):
+        out[schema.ID][index] = row_id
+        out[schema.SAMPLE_INDEX][index] = sample
+        out[schema.INPUT_ROW][index] = input_row
+        if index in duplicate_positions:
+            request, error = None, (
+                f"id {row_id!r} appears more than once in the input (another row with it was kept); "
+                "give every row a unique id, or drop the id column to derive ids from the content"
+            )
+        if request is None:
+            prompt = json.loads(input_row).get(rules.prompt_column)
+            out[schema.PROMPT][index] = prompt if isinstance(prompt, str) else ""
             out[schema.NEGATIVE_PROMPT][index] = ""
             out[schema.ERROR_STAGE][index] = schema.STAGE_VALIDATE
             out[schema.ERROR_TYPE][index] = "InvalidRow"
-            out[schema.ERROR_MESSAGE][index] = str(exc)
+            out[schema.ERROR_MESSAGE][index] = error
             continue
         for name in schema.REQUEST_COLUMNS:
             out[name][index] = getattr(request, name)
+        if done is not None and row_id in done:
+            out[schema.ERROR_STAGE][index] = schema.ALREADY_DONE
     return out
 
 
