@@ -16,8 +16,8 @@ from typing import Any, Callable
 import numpy as np
 
 from latentmill import schema
-from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.config import HiddenOptions
+from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelRef
 from latentmill.models.base import Request
 from latentmill.pipelines.validate import request_from_columns
@@ -73,6 +73,8 @@ class StageWorker:
         try:
             self.process(batch, out, rows)
         except Exception as exc:  # noqa: BLE001 - isolate the failing row(s), then record them
+            if getattr(exc, "fatal", False):
+                raise  # e.g. storage access denied: no row can succeed, stop the job
             if len(rows) == 1:
                 mark_error(out, rows[0], self.stage, exc)
                 return
@@ -225,10 +227,10 @@ class DecodeWorker(StageWorker):
 
         if self.family.is_video:
             data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format)
-            extension, mime = media.VIDEO_FORMATS[self.video_format]
+            extension, mime = media.format_info(self.video_format)
         else:
             data = media.encode_image(frames[0], self.image_format)
-            extension, mime = media.IMAGE_FORMATS[self.image_format]
+            extension, mime = media.format_info(self.image_format)
         key = f"{storage.safe_key(str(batch[schema.ID][row]))}.{extension}"
         uri = storage.join(self.output_uri, "media", key)
         storage.put_bytes(self.fs, storage.join(self.root, "media", key), data)

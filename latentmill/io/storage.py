@@ -61,7 +61,11 @@ class StorageError(Exception):
     """A storage operation failed in a way the user has to fix (or that kept failing).
 
     The message says what failed, where (the URI) and what to do. It never contains secrets.
+    `fatal` is set when retrying other rows cannot help (credentials, permissions, missing bucket),
+    so a job stops instead of turning every row into an error row.
     """
+
+    fatal: bool = False
 
 
 class StorageNotFoundError(StorageError, FileNotFoundError):
@@ -532,6 +536,7 @@ def _error_for(
     else:
         err = StorageError(f"Storage error while {action} {where} ({detail}).")
     err.args = (_redact(str(err.args[0]), fs, storage_options),)
+    err.fatal = kind in (_CREDENTIALS, _AUTH, _MISSING_BUCKET) or (kind == _NOT_FOUND and action == "writing")
     return err
 
 

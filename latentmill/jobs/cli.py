@@ -47,6 +47,13 @@ def _run_parser(subparsers) -> None:
                      help="media format: png/jpeg/webp for images, mp4/apng for videos")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
+    sizing = run.add_mutually_exclusive_group()
+    sizing.add_argument("--plan", type=Path, metavar="FILE",
+                        help="pool sizes from `latentmill plan`: its stages: section is merged over the job "
+                        "file's stages (the plan wins for the fields it sets)")
+    sizing.add_argument("--auto-size", action="store_true",
+                        help="calibrate the model on this machine first (a short in-process run) and size the "
+                        "pools for the devices the run can use (ray.local_num_gpus, the GPUs here, else the CPU cores)")
     run.add_argument("--pushgateway", metavar="URL",
                      help="push the run's final metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
@@ -60,6 +67,81 @@ def _models_parser(subparsers) -> None:
     init.add_argument("dir", type=Path)
 
 
+def _plan_parser(subparsers) -> None:
+    plan = subparsers.add_parser(
+        "plan",
+        help="calibrate each stage on this machine and recommend pool and batch sizes for a device budget",
+        description=(
+            "Time each stage of the model in this process (a short run at a few batch sizes), fit "
+            "t0 + batch * t1 per stage, then choose batch sizes and pool sizes (GPU fractions for the "
+            "encoder and VAE) that maximise rows/s within the budget. Writes a plan file for "
+            "`latentmill run --plan FILE`."
+        ),
+    )
+    plan.add_argument("--model", "-m", help="model to calibrate (default: the job file's, else builtin:tiny-image)")
+    plan.add_argument("--config", "-c", type=Path, help="YAML job file whose model and defaults to use")
+    plan.add_argument("--height", type=int, help="image height (default: the job's, else the model's)")
+    plan.add_argument("--width", type=int, help="image width")
+    plan.add_argument("--steps", type=int, help="denoising steps")
+    plan.add_argument("--guidance", type=float, help="guidance scale")
+    plan.add_argument("--num-frames", type=int, help="frames per video")
+    budget = plan.add_mutually_exclusive_group()
+    budget.add_argument("--gpus", type=float, help="GPU budget, e.g. 8 (default: the GPUs here, else --cpus)")
+    budget.add_argument("--cpus", type=float, help="CPU-core budget (default: this machine's cores)")
+    plan.add_argument("--fraction-grid", type=float, default=0.125,
+                      help="smallest device share an encoder/VAE actor gets, and its step (default 0.125)")
+    plan.add_argument("--headroom", type=float, default=0.1,
+                      help="spare capacity of the encode and decode pools over the planned rate (default 0.1)")
+    plan.add_argument("--share-denoiser-devices", action="store_true",
+                      help="allow fractional devices for denoiser actors on a GPU budget (default: whole GPUs)")
+    plan.add_argument("--batch-sizes", default="1,2,4", help="batch sizes to calibrate at (default 1,2,4)")
+    plan.add_argument("--repeats", type=int, default=2, help="timed runs per batch size (median; default 2)")
+    plan.add_argument("--max-batch", type=int, help="largest batch size to recommend")
+    plan.add_argument("--denoise-batch", type=int, help="use this denoiser batch size instead of choosing one")
+    plan.add_argument("--cpus-per-actor", type=float, default=0.25,
+                      help="num_cpus of each actor on a GPU budget (default 0.25)")
+    plan.add_argument("--output", "-o", type=Path, help="write the plan file here (YAML)")
+
+
+def _bench_parser(subparsers) -> None:
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmarks: latentmill vs the one-pipeline-per-actor pattern, simulated scaling, driver memory",
+        description="Each benchmark writes JSON and a Markdown table to --out. See BENCHMARKS.md.",
+    )
+    kinds = bench.add_subparsers(dest="bench_command", required=True)
+    real = kinds.add_parser(
+        "compare",
+        help="(a) latentmill vs (b) one whole diffusers pipeline per actor vs (c) the denoiser alone, "
+        "same model, prompts, parameters and resources",
+    )
+    real.add_argument("--model", "-m", default="builtin:tiny-image")
+    real.add_argument("--rows", type=int, default=96, help="prompts (cycled from examples/prompts.parquet)")
+    real.add_argument("--height", type=int, default=128)
+    real.add_argument("--width", type=int, default=128)
+    real.add_argument("--steps", type=int, default=10)
+    real.add_argument("--guidance", type=float, default=5.0)
+    real.add_argument("--plan", type=Path, help="latentmill's pools from this plan file (default: `plan` for --cpus)")
+    real.add_argument("--cpus", type=float, help="CPU budget shared by every contender (default: this machine's cores)")
+    real.add_argument("--gpus", type=float, help="GPU budget shared by every contender (on a GPU machine)")
+    real.add_argument("--batch-size", type=int, help="denoiser (and peer) batch size (default: the plan's)")
+    real.add_argument("--repeats", type=int, default=1, help="alternate a and b this many times; medians reported")
+    real.add_argument("--contenders", default="a,b,c", help="which of a,b,c to run (default all)")
+    real.add_argument("--out", type=Path, default=Path("bench-results"))
+    sim = kinds.add_parser("scaling", help="simulated devices: efficiency at 1, 4, 8, 16 denoiser devices")
+    sim.add_argument("--profiles", default="sdxl-30,lcm-4", help="comma-separated simulated profiles")
+    sim.add_argument("--devices", default="1,4,8,16", help="denoiser device counts")
+    sim.add_argument("--batches-per-device", type=int, default=30,
+                     help="denoiser batches each device runs (run length; default 30)")
+    sim.add_argument("--out", type=Path, default=Path("bench-results"))
+    rss = kinds.add_parser("driver-memory", help="driver peak RSS while streaming N rows through a simulated model")
+    rss.add_argument("--rows", default="10000,100000", help="comma-separated table sizes")
+    rss.add_argument("--model", default="builtin:sim-sd15-50@0.002",
+                     help="a simulated model with shrunk times (default builtin:sim-sd15-50@0.002)")
+    rss.add_argument("--batch-size", type=int, default=64)
+    rss.add_argument("--out", type=Path, default=Path("bench-results"))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentmill",
@@ -69,6 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
     _models_parser(subparsers)
+    _plan_parser(subparsers)
+    _bench_parser(subparsers)
     return parser
 
 
@@ -108,7 +192,11 @@ def _run(args: argparse.Namespace) -> int:
 
     try:
         config = load_config(args.config, run_overrides(args))
-    except ConfigError as exc:
+        if getattr(args, "plan", None) or getattr(args, "auto_size", False):
+            from latentmill.planning import sized_config
+
+            config = sized_config(config, args.config, run_overrides(args), args.plan)
+    except (ConfigError, ValueError) as exc:
         print(f"latentmill: {exc}", file=sys.stderr)
         return EXIT_JOB_ERROR
 
@@ -132,13 +220,25 @@ def _models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _plan(args: argparse.Namespace) -> int:
+    from latentmill.planning import plan_command
+
+    return plan_command(args)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from latentmill.bench.commands import bench_command
+
+    return bench_command(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _run, "models": _models}
+    handlers = {"run": _run, "models": _models, "plan": _plan, "bench": _bench}
     return handlers[args.command](args)
 
 

@@ -107,7 +107,7 @@ SIMULATED_PROFILES: dict[str, SimProfile] = {
         SimProfile(
             name="wan14b-50",
             description="Wan 2.1 14B, 480x832, 81 frames, 50 steps (UMT5 512x4096, latents 16x21x60x104)",
-            shares=(0.35, 98.7, 0.95),
+            shares=(0.35, 98.7, 0.9),
             denoise_batch=1,
             denoise_batch_seconds=2.0,
             embed_shape=(512, 4096),

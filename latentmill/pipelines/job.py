@@ -221,6 +221,7 @@ def _root_cause(exc: BaseException) -> BaseException:
 def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """Run the job to the end and return its summary; raises JobError when it cannot finish."""
     from latentmill.io.storage import resolve
+    from latentmill.metrics import DriverMetrics, MetricsError
     from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
 
     started = time.perf_counter()
@@ -250,11 +251,16 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     }
     writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
                           config.output.manifest_flush_seconds, static)
+    job_metrics = DriverMetrics(config.model.path, config.metrics.job_name)
+    try:
+        job_metrics.serve(config.metrics.port, config.metrics.address)  # port None: not served
+    except MetricsError as exc:
+        raise JobError(str(exc)) from None
     expected = min(table.num_rows, config.input.limit or table.num_rows)
     if expected == 0:
         log.warning("the prompt table %s has no rows; nothing to do", config.input.uri)
     else:
-        _stream(config, table, rules, model, options, state, writer, summary, started, on_progress)
+        _stream(config, table, rules, model, options, state, writer, summary, started, on_progress, job_metrics)
     writer.close()
     summary.wall_seconds = time.perf_counter() - started
     if summary.rows_read != expected or not summary.balanced:
@@ -269,10 +275,12 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     payload = asdict(summary)
     writer.write_json(f"runs/{run_id}.json", payload)
     writer.write_json("summary.json", payload)
+    job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
 
 
-def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress) -> None:
+def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress,
+            job_metrics) -> None:
     import ray
     import ray.data
 
@@ -288,6 +296,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
+            job_metrics.record_results(batch)
             if summary.seconds_to_first_output is None and summary.outputs_written:
                 summary.seconds_to_first_output = time.perf_counter() - started
             if on_progress:
@@ -303,3 +312,4 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
         ) from None
     finally:
         ray.kill(ledger)
+        job_metrics.stop()

@@ -57,6 +57,7 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     workers = stage_workers()
     for stage, pool in config.stages.items():
         kwargs = worker_kwargs(pool, model)
+        kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
         if stage == schema.STAGE_DECODE:
             kwargs.update(
                 output_uri=config.output.uri,

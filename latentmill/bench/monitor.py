@@ -1,0 +1,148 @@
+"""Measure Ray worker processes from outside: peak memory per actor type, when pools were up, GPU memory.
+
+Samples, every `interval` seconds, the descendants of this process (a local Ray started by `ray.init()`
+in this process runs its raylet and workers as our descendants, so other Ray instances on the machine
+are never counted). A worker's type is read from its process title, which Ray sets to
+``ray::MapWorker(MapBatches(DenoiseWorker))`` and the like.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+_TITLE = re.compile(r"^ray::(?:MapWorker\(MapBatches\((?P<udf>[A-Za-z_][A-Za-z0-9_]*)\)\)|(?P<other>[A-Za-z_][A-Za-z0-9_]*))")
+MB = 2**20
+
+
+def worker_kind(cmdline: list[str]) -> str | None:
+    """'DenoiseWorker' for a Ray Data actor of that class; 'IDLE' and other Ray names pass through."""
+    if not cmdline:
+        return None
+    match = _TITLE.match(cmdline[0])
+    if not match:
+        return None
+    return match.group("udf") or match.group("other")
+
+
+@dataclass
+class ProcessRecord:
+    pid: int
+    kind: str
+    first_seen: float
+    peak_rss: int = 0
+    peak_uss: int = 0
+    peak_gpu: int = 0
+
+
+@dataclass
+class ProcessMonitor:
+    """A background sampler; use as a context manager around a run."""
+
+    interval: float = 0.25
+    uss: bool = True  # unique set size costs a read of /proc/PID/smaps; fine for a few processes
+    gpu: bool = True
+    records: dict[int, ProcessRecord] = field(default_factory=dict)
+    driver_peak_rss: int = 0
+
+    def __post_init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="latentmill-bench-monitor", daemon=True)
+        self._t0 = time.perf_counter()
+        self._nvidia = self.gpu and shutil.which("nvidia-smi") is not None
+        self._last_gpu = 0.0
+
+    def __enter__(self) -> "ProcessMonitor":
+        self._t0 = time.perf_counter()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _loop(self) -> None:
+        import psutil
+
+        me = psutil.Process(os.getpid())
+        while not self._stop.is_set():
+            now = time.perf_counter() - self._t0
+            try:
+                self.driver_peak_rss = max(self.driver_peak_rss, me.memory_info().rss)
+                children = me.children(recursive=True)
+            except psutil.Error:
+                children = []
+            for child in children:
+                try:
+                    record = self.records.get(child.pid)
+                    if record is None:
+                        kind = worker_kind(child.cmdline())
+                        if kind is None:
+                            continue
+                        record = self.records[child.pid] = ProcessRecord(child.pid, kind, now)
+                    elif record.kind == "IDLE":  # a pooled worker that became an actor
+                        kind = worker_kind(child.cmdline())
+                        if kind and kind != "IDLE":
+                            record.kind, record.first_seen = kind, now
+                    if self.uss and record.kind != "IDLE":
+                        info = child.memory_full_info()
+                        record.peak_uss = max(record.peak_uss, info.uss)
+                    else:
+                        info = child.memory_info()
+                    record.peak_rss = max(record.peak_rss, info.rss)
+                except psutil.Error:
+                    continue
+            if self._nvidia and now - self._last_gpu >= 1.0:
+                self._last_gpu = now
+                for pid, used in _gpu_memory_by_pid().items():
+                    if pid in self.records:
+                        self.records[pid].peak_gpu = max(self.records[pid].peak_gpu, used)
+            self._stop.wait(self.interval)
+
+    def up_at(self, expected: dict[str, int]) -> float | None:
+        """Seconds (since the monitor started) when every kind had its expected count of processes."""
+        times = []
+        for kind, count in expected.items():
+            seen = sorted(r.first_seen for r in self.records.values() if r.kind == kind)
+            if len(seen) < count:
+                return None
+            times.append(seen[count - 1])
+        return max(times) if times else None
+
+    def summary(self, kinds: list[str] | None = None) -> dict[str, dict[str, float | int | None]]:
+        """Per actor type: count, and the largest and mean peak RSS / USS / GPU memory in MiB."""
+        out: dict[str, dict[str, float | int | None]] = {}
+        names = kinds or sorted({r.kind for r in self.records.values() if r.kind != "IDLE"})
+        for kind in names:
+            records = [r for r in self.records.values() if r.kind == kind]
+            if not records:
+                continue
+            out[kind] = {
+                "actors": len(records),
+                "peak_rss_mb": max(r.peak_rss for r in records) / MB,
+                "mean_peak_rss_mb": sum(r.peak_rss for r in records) / len(records) / MB,
+                "peak_uss_mb": (max(r.peak_uss for r in records) / MB) if self.uss else None,
+                "peak_gpu_mb": (max(r.peak_gpu for r in records) / MB) if self._nvidia else None,
+            }
+        return out
+
+
+def _gpu_memory_by_pid() -> dict[int, int]:
+    try:
+        out = subprocess.run(
+            ["nvidia-smi", "--query-compute-apps=pid,used_memory", "--format=csv,noheader,nounits"],
+            capture_output=True, text=True, timeout=5,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    used: dict[int, int] = {}
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 2 and parts[0].isdigit() and parts[1].isdigit():
+            used[int(parts[0])] = int(parts[1]) * MB
+    return used

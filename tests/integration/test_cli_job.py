@@ -1,0 +1,129 @@
+"""The command line on real prompts and on bad input: exit codes, messages, counts that add up."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pyarrow.parquet as pq
+import pytest
+
+from latentmill import schema
+from latentmill.jobs.cli import EXIT_JOB_ERROR, main
+from tests.helpers import SHARED_PROMPTS, read_parquet_folder, write_table
+
+SMALL_POOLS = """
+stages:
+  encode: {batch_size: 8, num_cpus: 0.5}
+  denoise: {batch_size: 8, num_cpus: 1}
+  decode: {batch_size: 8, num_cpus: 0.5}
+"""
+
+
+def run_cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+    """The installed CLI in a fresh process, attached to the test session's Ray instance."""
+    import ray
+
+    job_file = tmp_path / "job.yaml"
+    job_file.write_text(SMALL_POOLS)
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    return subprocess.run(
+        [sys.executable, "-m", "latentmill.jobs.cli", "run", "--no-progress", "--config", str(job_file), *args],
+        capture_output=True, text=True, env=env, timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path):
+    out = tmp_path / "parti"
+    result = run_cli(["--input", str(SHARED_PROMPTS), "--prompt-column", "Prompt", "--limit", "64",
+                      "--output", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    manifest = pq.read_table(out / "manifest").to_pylist()
+    assert len(manifest) == 64 and len({row[schema.ID] for row in manifest}) == 64
+    assert len(list((out / "media").iterdir())) == 64
+    prompts = pq.read_table(SHARED_PROMPTS).column("Prompt").to_pylist()[:64]
+    assert sorted(row[schema.PROMPT] for row in manifest) == sorted(prompts)
+    assert "outputs written  64" in result.stdout and "rows failed      0" in result.stdout
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (64, 64, 0)
+
+
+@pytest.mark.slow
+def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path):
+    rows = [
+        {"prompt": "fine one"},
+        {"prompt": None},
+        {"prompt": ""},
+        {"prompt": "   "},
+        {"prompt": "odd size", "height": 60},
+        {"prompt": "too big", "width": 4096},
+        {"prompt": "no steps", "num_inference_steps": 0},
+        {"prompt": "fine two", "seed": 5},
+    ]
+    table = write_table(tmp_path / "bad.parquet", rows)
+    out = tmp_path / "out"
+    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (8, 2, 6)
+    assert summary["failed_by_stage"] == {"validate": 6}
+    errors = pq.read_table(out / "errors").to_pylist()
+    messages = sorted(e[schema.ERROR_MESSAGE] for e in errors)
+    assert sum("is null" in m for m in messages) == 1
+    assert sum("is empty" in m for m in messages) == 2
+    assert any("multiples of 8" in m for m in messages)
+    assert any("limits.max_height x max_width" in m for m in messages)
+    assert any("num_inference_steps must be >= 1" in m for m in messages)
+    assert all(json.loads(e[schema.INPUT_ROW]) for e in errors)
+
+
+def test_missing_prompt_column_stops_at_once(tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"text": "hello"}])
+    code = main(["run", "--input", str(table), "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == EXIT_JOB_ERROR
+    assert "no prompt column 'prompt'" in err and "['text']" in err and "--prompt-column" in err
+    assert not (tmp_path / "o" / "manifest").exists()
+
+
+def test_a_file_that_is_not_parquet(tmp_path, capsys):
+    bogus = tmp_path / "prompts.parquet"
+    bogus.write_text("prompt\na cat\n")
+    assert main(["run", "--input", str(bogus), "--output", str(tmp_path / "o")]) == EXIT_JOB_ERROR
+    err = capsys.readouterr().err
+    assert "is not a readable Parquet file" in err and "Traceback" not in err
+
+
+def test_missing_input(tmp_path, capsys):
+    assert main(["run", "--input", str(tmp_path / "nope.parquet"), "--output", str(tmp_path / "o")]) == EXIT_JOB_ERROR
+    assert "no prompt table at" in capsys.readouterr().err
+
+
+def test_invalid_job_file_names_the_field(tmp_path, capsys):
+    job = tmp_path / "job.yaml"
+    job.write_text("stages:\n  denoise:\n    batch_size: 0\n    colour: red\n")
+    code = main(["run", "--config", str(job), "--input", "x.parquet", "--output", str(tmp_path / "o")])
+    err = capsys.readouterr().err
+    assert code == EXIT_JOB_ERROR
+    assert "stages.denoise.batch_size" in err and "stages.denoise.colour" in err
+
+
+def test_model_that_is_not_a_diffusers_checkpoint(tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    (tmp_path / "model").mkdir()
+    code = main(["run", "--input", str(table), "--output", str(tmp_path / "o"), "--model", str(tmp_path / "model")])
+    assert code == EXIT_JOB_ERROR
+    assert "not a diffusers checkpoint" in capsys.readouterr().err
+
+
+def test_help_is_instant_and_lists_the_run_flags():
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "latentmill.jobs.cli", "run", "--help"],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0
+    for flag in ("--input", "--output", "--model", "--steps", "--guidance", "--prompt-column", "--format", "--limit"):
+        assert flag in result.stdout
+    imported = result.stderr
+    assert " torch" not in imported and " ray" not in imported and " diffusers" not in imported
