@@ -17,6 +17,7 @@ import numpy as np
 
 from latentmill import schema
 from latentmill.config import HiddenOptions
+from latentmill.faults import FaultInjector
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelRef
 from latentmill.models.base import Request
@@ -35,6 +36,7 @@ class StageWorker:
         started = time.perf_counter()
         self.family = model.family()
         self.device, self.dtype = self.family.prepare_runtime(num_gpus, dtype, torch_threads)
+        self.faults = FaultInjector(self.stage)
         self.load()
         self.load_seconds = time.perf_counter() - started
         log.info("%s worker loaded %s on %s in %.1fs", self.stage, model.path, self.device, self.load_seconds)
@@ -71,6 +73,7 @@ class StageWorker:
     def _run_isolated(self, batch: dict[str, np.ndarray], out: dict[str, np.ndarray], rows: list[int]) -> None:
         started = time.perf_counter()
         try:
+            self.faults.before_call([str(batch[schema.ID][row]) for row in rows])
             self.process(batch, out, rows)
         except Exception as exc:  # noqa: BLE001 - isolate the failing row(s), then record them
             if getattr(exc, "fatal", False):
@@ -84,6 +87,12 @@ class StageWorker:
             return
         per_row = (time.perf_counter() - started) / len(rows)
         out[schema.seconds_column(self.stage)][rows] = per_row
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
 def mark_error(out: dict[str, np.ndarray], row: int, stage: str, exc: BaseException) -> None:
@@ -174,6 +183,9 @@ class DenoiseWorker(StageWorker):
         embeds = {name: batch[name][rows] for name in (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS)}
         latents = self.family.denoise(_requests(batch, rows), embeds)
         for row, value in zip(rows, latents):
+            if self.faults.poisoned(str(batch[schema.ID][row])):
+                value[...] = np.nan
+        for row, value in zip(rows, latents):
             if not np.isfinite(value).all():
                 raise FloatingPointError(f"denoiser produced non-finite latents for row {batch[schema.ID][row]!r}")
         for row, value in zip(rows, latents):
@@ -197,6 +209,7 @@ class DecodeWorker(StageWorker):
 
     def load(self) -> None:
         self.family.load_decoder(self.device, self.dtype)
+        self.low_memory = False
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
@@ -218,7 +231,19 @@ class DecodeWorker(StageWorker):
         from latentmill.io import media
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
-        frames = media.to_uint8(self.family.decode(latents))
+        try:
+            decoded = self.family.decode(latents)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or self.low_memory:
+                raise
+            # Out of memory: switch this actor to tiled/sliced decoding and retry the batch; if that
+            # fails too, the batch is retried row by row before a row becomes an error.
+            log.warning("decode ran out of memory on a batch of %d; retrying with tiled decoding", len(rows))
+            self.family.enable_low_memory_decode()
+            self.low_memory = True
+            self.faults.before_call([])
+            decoded = self.family.decode(latents)
+        frames = media.to_uint8(decoded)
         for row, row_frames in zip(rows, frames):
             self._write(batch, out, row, row_frames)
 

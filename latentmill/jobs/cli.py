@@ -15,6 +15,7 @@ from typing import Any
 EXIT_OK = 0
 EXIT_JOB_ERROR = 1  # bad config, unreadable input, unusable model or storage: nothing was generated
 EXIT_USAGE = 2  # argparse's own code for bad flags
+EXIT_BUDGET = 3  # the job finished, but more rows failed than max_failed allows
 
 IMAGE_FORMATS = ("png", "jpeg", "webp")
 VIDEO_FORMATS = ("mp4", "apng")
@@ -45,6 +46,9 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--seed", type=int, help="job seed; rows without a seed derive theirs from it and their id")
     run.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS,
                      help="media format: png/jpeg/webp for images, mp4/apng for videos")
+    run.add_argument("--max-failed", help="error budget: a count (10), fraction (0.05) or percentage (5%%) of rows; "
+                     "past it the job exits with code 3")
+    run.add_argument("--samples-per-prompt", type=int, help="outputs per prompt row, each with its own seed")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
     sizing = run.add_mutually_exclusive_group()
@@ -116,7 +120,7 @@ def _bench_parser(subparsers) -> None:
         "same model, prompts, parameters and resources",
     )
     real.add_argument("--model", "-m", default="builtin:tiny-image")
-    real.add_argument("--rows", type=int, default=96, help="prompts (cycled from examples/prompts.parquet)")
+    real.add_argument("--rows", type=int, default=384, help="prompts (cycled from examples/prompts.parquet)")
     real.add_argument("--height", type=int, default=128)
     real.add_argument("--width", type=int, default=128)
     real.add_argument("--steps", type=int, default=10)
@@ -124,7 +128,8 @@ def _bench_parser(subparsers) -> None:
     real.add_argument("--plan", type=Path, help="latentmill's pools from this plan file (default: `plan` for --cpus)")
     real.add_argument("--cpus", type=float, help="CPU budget shared by every contender (default: this machine's cores)")
     real.add_argument("--gpus", type=float, help="GPU budget shared by every contender (on a GPU machine)")
-    real.add_argument("--batch-size", type=int, help="denoiser (and peer) batch size (default: the plan's)")
+    real.add_argument("--batch-size", type=int, default=8,
+                      help="denoiser (and peer, and bound) batch size (default 8; 0: the plan's)")
     real.add_argument("--repeats", type=int, default=1, help="alternate a and b this many times; medians reported")
     real.add_argument("--contenders", default="a,b,c", help="which of a,b,c to run (default all)")
     real.add_argument("--out", type=Path, default=Path("bench-results"))
@@ -158,7 +163,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The nested config dict that the given flags stand for."""
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, Any] = {}
 
     def put(section: str, key: str, value: Any) -> None:
         if value is not None:
@@ -167,6 +172,9 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("input", "uri", args.input)
     put("input", "prompt_column", args.prompt_column)
     put("input", "limit", args.limit)
+    put("input", "samples_per_prompt", args.samples_per_prompt)
+    if args.max_failed is not None:
+        overrides["max_failed"] = args.max_failed
     put("output", "uri", args.output)
     put("model", "path", args.model)
     put("defaults", "num_inference_steps", args.steps)
@@ -209,7 +217,7 @@ def _run(args: argparse.Namespace) -> int:
         return EXIT_JOB_ERROR
     print()
     print(summary.table())
-    return EXIT_OK
+    return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
 
 
 def _models(args: argparse.Namespace) -> int:

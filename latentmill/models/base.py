@@ -182,6 +182,12 @@ class Family:
         """Latents of equal shape (B, ...) -> frames float32 in [0, 1], shape (B, F, H, W, 3)."""
         raise NotImplementedError
 
+    def enable_low_memory_decode(self) -> None:
+        """Trade speed for memory after an out-of-memory error (diffusers VAEs: tiling, slicing)."""
+        for switch in ("enable_tiling", "enable_slicing"):
+            if hasattr(self.vae, switch):
+                getattr(self.vae, switch)()
+
     # ---- reference -----------------------------------------------------------------------------
 
     def reference_pipeline(self, device: str = "cpu"):

@@ -7,6 +7,7 @@ from typing import Any
 from latentmill import schema
 from latentmill.actors.stages import stage_workers, default_threads
 from latentmill.config import HiddenOptions, JobConfig, PoolSettings
+from latentmill.faults import forwarded_env
 from latentmill.models import ModelRef
 from latentmill.pipelines.inputs import PromptTable
 from latentmill.pipelines.validate import RowRules, validate_batch
@@ -27,6 +28,9 @@ def pool_args(pool: PoolSettings) -> dict[str, Any]:
         args["num_gpus"] = pool.num_gpus
     if pool.resources:
         args["resources"] = dict(pool.resources)
+    env = forwarded_env()
+    if env:
+        args["runtime_env"] = {"env_vars": env}
     return args
 
 
