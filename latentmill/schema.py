@@ -86,6 +86,3 @@ MANIFEST_COLUMNS = (
 
 # One error row per failed input row.
 ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
-
-# Columns that never leave the decode stage: tensors stay out of the driver.
-TENSOR_COLUMNS = (PROMPT_EMBEDS, NEGATIVE_PROMPT_EMBEDS, LATENTS)

@@ -67,10 +67,6 @@ class ModelRef:
         local = materialize(self.path, self.storage_options.reveal() if self.storage_options else {})
         return families()[self.pipeline_class](local)
 
-    @property
-    def builtin_name(self) -> str | None:
-        return self.path[len(BUILTIN_PREFIX):] if self.path.startswith(BUILTIN_PREFIX) else None
-
 
 def materialize(path: str, storage_options: dict | None = None) -> Path:
     """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied."""
