@@ -1,3 +1,32 @@
 """latentmill: bulk image and video generation with latent diffusion models on Ray."""
 
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from latentmill.pipelines.job import RunSummary
+
 __version__ = "0.1.0"
+
+
+def run(input: str, output: str, model: str | None = None, config: str | Path | None = None,
+        **sections: dict[str, Any]) -> RunSummary:
+    """The `latentmill run` command from Python.
+
+    `sections` override job-file sections, e.g. `defaults={"num_inference_steps": 20}` or
+    `stages={"denoise": {"size": 4, "num_gpus": 1}}`. Raises ConfigError or JobError with the
+    same messages the command prints.
+
+    >>> summary = latentmill.run("prompts.parquet", "s3://renders/today", model="/models/sd15")
+    """
+    from latentmill.config import load_config
+    from latentmill.pipelines.job import run_job
+
+    overrides: dict[str, Any] = {key: dict(value) for key, value in sections.items()}
+    overrides.setdefault("input", {})["uri"] = input
+    overrides.setdefault("output", {})["uri"] = output
+    if model is not None:
+        overrides.setdefault("model", {})["path"] = model
+    return run_job(load_config(config, overrides))

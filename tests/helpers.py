@@ -7,9 +7,9 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import latentmill
 from latentmill.config import load_config
 from latentmill.io import media
-from latentmill.pipelines.job import run_job
 
 SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.parquet"
 
@@ -22,19 +22,21 @@ def write_table(path: Path, rows: list[dict]) -> Path:
 
 def generate(input_uri: str, output_uri: str, model: str = "builtin:tiny-image", batch_size: int = 4,
              **sections) -> tuple:
-    """Run the whole job with every pool at `batch_size`; returns (summary, config)."""
+    """Run the whole job through the Python API with every pool at `batch_size`.
+
+    Returns (summary, config) where config is the validated job the run used.
+    """
     pool = {"batch_size": batch_size, "num_cpus": 0.5, "torch_threads": 1}
     overrides = {
-        "input": {"uri": input_uri},
-        "output": {"uri": output_uri},
-        "model": {"path": model},
-        "stages": {"encode": pool, "denoise": pool, "decode": pool},
+        "stages": {"encode": dict(pool), "denoise": dict(pool), "decode": dict(pool)},
         "ray": {"progress_bars": False},
     }
     for section, values in sections.items():
         overrides.setdefault(section, {}).update(values)
-    config = load_config(None, overrides)
-    return run_job(config), config
+    summary = latentmill.run(input_uri, output_uri, model=model, **overrides)
+    config = load_config(None, {**overrides, "input": {"uri": input_uri}, "output": {"uri": output_uri},
+                                "model": {"path": model}})
+    return summary, config
 
 
 def read_parquet_folder(fs, root: str) -> pa.Table | None:
