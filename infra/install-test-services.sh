@@ -1,18 +1,25 @@
 #!/usr/bin/env bash
 # Installs the real services the test suite starts on 127.0.0.1 and stops again:
-# the Prometheus Pushgateway (Debian package). The S3 server (SeaweedFS) comes from PyPI
-# with the test extras, so it is already in the virtualenv.
+# the Prometheus Pushgateway, and Prometheus itself for `promtool`, which checks infra/prometheus.yml
+# (both Debian packages). The S3 server (SeaweedFS) comes from PyPI with the test extras, so it is
+# already in the virtualenv.
 set -euo pipefail
-if command -v prometheus-pushgateway >/dev/null 2>&1; then
+missing=()
+command -v prometheus-pushgateway >/dev/null 2>&1 || missing+=(prometheus-pushgateway)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
+if [ "${#missing[@]}" = 0 ]; then
     exit 0
 fi
 if [ "$(id -u)" != 0 ] && ! command -v sudo >/dev/null 2>&1; then
-    echo "install-test-services: prometheus-pushgateway is missing; install it (apt-get install prometheus-pushgateway) or the metrics tests will be skipped" >&2
+    echo "install-test-services: ${missing[*]} missing; install with apt-get install ${missing[*]}," \
+         "or the tests that need them will be skipped" >&2
     exit 0
 fi
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 $SUDO apt-get update -qq
-DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends prometheus-pushgateway >/dev/null
-# The package starts a system service where an init system runs; the tests start their own.
-$SUDO service prometheus-pushgateway stop >/dev/null 2>&1 || true
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+# The packages start system services where an init system runs; the tests start their own.
+for service in prometheus-pushgateway prometheus; do
+    $SUDO service "$service" stop >/dev/null 2>&1 || true
+done

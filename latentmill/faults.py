@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 
 ENV = "LATENTMILL_FAULTS"
+STAGES = ("encode", "denoise", "decode")
 
 
 @dataclass(frozen=True)
@@ -29,9 +30,18 @@ class Fault:
 def parse(text: str) -> list[Fault]:
     faults = []
     for item in filter(None, (part.strip() for part in text.split(";"))):
-        stage, kind, arg = (item.split(":", 2) + [""])[:3]
+        stage, kind, arg = (item.split(":", 2) + ["", ""])[:3]
+        if stage not in STAGES:
+            raise ValueError(f"{ENV}: unknown stage in {item!r} (stages: {', '.join(STAGES)})")
         if kind not in {"oom", "raise", "nan", "sleep"}:
             raise ValueError(f"{ENV}: unknown fault {item!r} (kinds: oom, raise, nan, sleep)")
+        if kind in {"raise", "nan"} and not arg:
+            raise ValueError(f"{ENV}: {item!r} needs a row id ({stage}:{kind}:ID)")
+        try:
+            if kind == "sleep" and float(arg) < 0 or kind == "oom" and int(arg or 1) < 0:
+                raise ValueError
+        except ValueError:
+            raise ValueError(f"{ENV}: {item!r} needs a number >= 0 after {kind}:") from None
         faults.append(Fault(stage, kind, arg))
     return faults
 
@@ -42,12 +52,17 @@ class FaultInjector:
         self.ooms_raised = 0
 
     def before_call(self, ids: list[str]) -> None:
+        """Before a stage processes rows `ids`: sleep and per-row faults."""
         for fault in self.faults:
             if fault.kind == "sleep":
                 time.sleep(float(fault.arg))
             elif fault.kind == "raise" and fault.arg in ids:
                 raise RuntimeError(f"injected fault for row {fault.arg!r}")
-            elif fault.kind == "oom" and self.ooms_raised < int(fault.arg or 1):
+
+    def model_call(self) -> None:
+        """Right before a model call: the injected out-of-memory errors, raised where a real one is."""
+        for fault in self.faults:
+            if fault.kind == "oom" and self.ooms_raised < int(fault.arg or 1):
                 import torch
 
                 self.ooms_raised += 1

@@ -376,18 +376,25 @@ def choose_batches(
     max_block_bytes: float = 256 * 2**20,
     fixed: dict[str, int] | None = None,
 ) -> dict[str, int]:
-    """A batch size per stage (see `choose_batch_size`); `fixed` ones are kept as given."""
-    batches = {}
-    for stage in STAGES:
+    """A batch size per stage (see `choose_batch_size`); `fixed` ones are kept as given.
+
+    The denoiser's batch is chosen first and caps the encoder's: Ray Data hands a downstream actor
+    whole upstream blocks, so a text-encode batch larger than the denoiser's would give one denoiser
+    actor several of its batches in one block, run one after another while other denoisers idle.
+    """
+    batches: dict[str, int] = {}
+    for stage in ("denoise", "encode", "decode"):
         if fixed and stage in fixed:
             batches[stage] = fixed[stage]
             continue
         per_row = (row_bytes or {}).get(stage) or 0
         by_memory = max(1, int(max_block_bytes // per_row)) if per_row > 0 else None
-        batches[stage] = choose_batch_size(
-            costs[stage], candidates, max_batch, overhead_share, call_overhead, by_memory
-        )
-    return batches
+        limit, options = max_batch, tuple(candidates)
+        if stage == "encode":
+            limit = min(max_batch or batches["denoise"], batches["denoise"])
+            options += (batches["denoise"],)
+        batches[stage] = choose_batch_size(costs[stage], options, limit, overhead_share, call_overhead, by_memory)
+    return {stage: batches[stage] for stage in STAGES}
 
 
 # ---- plan files --------------------------------------------------------------------------------
@@ -573,6 +580,16 @@ def describe_hardware(device: Any, threads: int) -> str:
     return f"CPU {processor}, {os.cpu_count()} cores, {threads} torch thread(s) per stage"
 
 
+# Logical CPUs left to Ray Data's read and validation tasks on a CPU budget: pools that take every
+# CPU leave the read task nothing, and the job deadlocks (see ARCHITECTURE.md).
+READ_RESERVE_CPUS = 1.0
+
+
+def cpu_budget(physical_cores: float, logical_cpus: float) -> float:
+    """CPU cores the pools may plan for: the physical cores, less what the read tasks must keep."""
+    return max(0.5, min(physical_cores, logical_cpus - READ_RESERVE_CPUS))
+
+
 def detect_budget(config, requested_gpus: float | None = None, requested_cpus: float | None = None) -> Budget:
     """The devices a run can use: given ones, else the cluster's GPUs, else its CPU cores."""
     import os
@@ -581,6 +598,7 @@ def detect_budget(config, requested_gpus: float | None = None, requested_cpus: f
         return Budget(devices=requested_gpus, kind="gpu")
     if requested_cpus:
         return Budget(devices=requested_cpus, kind="cpu")
+    cores = float(os.cpu_count() or 1)
     if config.ray.address or os.environ.get("RAY_ADDRESS"):
         import ray
 
@@ -590,13 +608,15 @@ def detect_budget(config, requested_gpus: float | None = None, requested_cpus: f
         resources = ray.cluster_resources()
         if resources.get("GPU", 0) >= 1:
             return Budget(devices=float(resources["GPU"]), kind="gpu")
-        return Budget(devices=float(resources.get("CPU", os.cpu_count() or 1)), kind="cpu")
+        logical = float(resources.get("CPU", cores))
+        return Budget(devices=cpu_budget(logical, logical), kind="cpu")
     if config.ray.local_num_gpus:
         return Budget(devices=float(config.ray.local_num_gpus), kind="gpu")
     gpus = _local_gpu_count()
     if gpus:
         return Budget(devices=float(gpus), kind="gpu")
-    return Budget(devices=float(os.cpu_count() or 1), kind="cpu")
+    logical = float(config.ray.local_num_cpus or max(4.0, cores))  # what init_ray declares
+    return Budget(devices=cpu_budget(cores, logical), kind="cpu")
 
 
 def _local_gpu_count() -> int:

@@ -149,7 +149,7 @@ class LocalRayCluster:
         for node in reversed(self.nodes):
             if node.proc.poll() is None:
                 _signal_group(node.proc.pid, signal.SIGTERM)
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + 5  # ray start --block stops its daemons on SIGTERM; then SIGKILL
         while time.monotonic() < deadline and self._marked_pids():
             time.sleep(0.3)
         for pid in self._marked_pids():

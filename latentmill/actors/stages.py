@@ -140,6 +140,7 @@ class TextEncodeWorker(StageWorker):
         return out
 
     def process(self, batch, out, rows):
+        self.faults.model_call()
         encoded = self.family.encode(_requests(batch, rows))
         for name, values in encoded.tensors.items():
             out[name][rows] = values
@@ -181,6 +182,7 @@ class DenoiseWorker(StageWorker):
 
     def process(self, batch, out, rows):
         embeds = {name: batch[name][rows] for name in (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS)}
+        self.faults.model_call()
         latents = self.family.denoise(_requests(batch, rows), embeds)
         for row, value in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])):
@@ -232,6 +234,7 @@ class DecodeWorker(StageWorker):
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
         try:
+            self.faults.model_call()
             decoded = self.family.decode(latents)
         except Exception as exc:
             if not is_out_of_memory(exc) or self.low_memory:
@@ -241,7 +244,7 @@ class DecodeWorker(StageWorker):
             log.warning("decode ran out of memory on a batch of %d; retrying with tiled decoding", len(rows))
             self.family.enable_low_memory_decode()
             self.low_memory = True
-            self.faults.before_call([])
+            self.faults.model_call()
             decoded = self.family.decode(latents)
         frames = media.to_uint8(decoded)
         for row, row_frames in zip(rows, frames):

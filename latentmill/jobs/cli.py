@@ -139,6 +139,8 @@ def _bench_parser(subparsers) -> None:
     sim.add_argument("--devices", default="1,4,8,16", help="denoiser device counts")
     sim.add_argument("--batches-per-device", type=int, default=30,
                      help="denoiser batches each device runs (run length; default 30)")
+    sim.add_argument("--time-scale", type=float, default=1.0,
+                     help="multiply every simulated time (default 1: denoiser batches of 1.2-2 s)")
     sim.add_argument("--out", type=Path, default=Path("bench-results"))
     rss = kinds.add_parser("driver-memory", help="driver peak RSS while streaming N rows through a simulated model")
     rss.add_argument("--rows", default="10000,100000", help="comma-separated table sizes")

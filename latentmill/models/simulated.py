@@ -327,4 +327,4 @@ class Simulated(Family):
         return out
 
     def reference_pipeline(self, device: str = "cpu"):
-        raise NotImplementedError("a simulated model has no diffusers pipeline; benchmark it with `latentmill bench sim`")
+        raise NotImplementedError("a simulated model has no diffusers pipeline; benchmark it with `latentmill bench scaling`")

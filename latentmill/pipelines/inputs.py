@@ -36,6 +36,7 @@ def _list_files(fs, path: str) -> list[str]:
 
 
 def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column: str) -> PromptTable:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     from latentmill.io.storage import StorageError, resolve
@@ -51,6 +52,7 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
         raise InputError(f"no prompt table at {uri!r}: no such file, or a folder/glob with no files in it")
 
     names: list[str] | None = None
+    unified = None
     total = 0
     for file in files:
         try:
@@ -69,6 +71,16 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
             )
         names = names or file_schema.names
         total += metadata.num_rows
+        # Ray Data unifies the files' schemas when it reads them; a column whose types cannot be
+        # unified (text in one file, integers in another) would stop the job deep inside Ray.
+        try:
+            unified = file_schema if unified is None else pa.unify_schemas(
+                [unified, file_schema], promote_options="permissive")
+        except (pa.ArrowTypeError, pa.ArrowInvalid) as exc:
+            raise InputError(
+                f"{file!r} does not match the table's other files ({exc}); every file of a prompt table "
+                "needs the same column types"
+            ) from None
 
     wanted = [prompt_column, id_column, *schema.OVERRIDE_COLUMNS]
     columns = tuple(dict.fromkeys(c for c in wanted if c in (names or [])))

@@ -1,0 +1,118 @@
+"""`latentmill bench driver-memory`: the driver's peak RSS while streaming a large prompt table.
+
+Runs `latentmill run` in a subprocess on a simulated model whose times are shrunk (`@SCALE`: the point
+is the driver's memory, not speed; the tensors keep their real sizes) and samples that process's RSS
+(the driver only, not Ray's workers) with psutil every 0.2 s.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from latentmill.bench import arithmetic as ar
+from latentmill.bench.compare import machine_description, make_prompt_table
+
+log = logging.getLogger(__name__)
+
+
+def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]:
+    import psutil
+
+    table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows, row_group_size=10_000)
+    output = out / "runs" / f"driver-memory-{rows}"
+    if output.exists():
+        shutil.rmtree(output)
+    pool = {"batch_size": batch_size, "num_cpus": 0.25, "num_gpus": 0.0}
+    job = {
+        "input": {"uri": str(table)},
+        "output": {"uri": str(output)},
+        "model": {"path": model},
+        "stages": {"encode": {**pool, "size": 1}, "denoise": {**pool, "size": 2}, "decode": {**pool, "size": 2}},
+        "ray": {"progress_bars": False},
+    }
+    job_file = out / "inputs" / f"driver-memory-{rows}.yaml"
+    job_file.write_text(yaml.safe_dump(job))
+    command = [sys.executable, "-m", "latentmill.jobs.cli", "run", "--config", str(job_file), "--no-progress"]
+    log.info("bench driver-memory: %d rows: %s", rows, " ".join(command))
+    started = time.perf_counter()
+    log_file = out / "runs" / f"driver-memory-{rows}.log"
+    log_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_file, "w") as log_handle:
+        process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT)
+        driver = psutil.Process(process.pid)
+        series: list[tuple[float, float]] = []
+        peak = 0
+        while process.poll() is None:
+            try:
+                rss = driver.memory_info().rss
+            except psutil.Error:
+                break
+            if rss == 0:  # exited between poll() and the sample (a zombie reports no memory)
+                continue
+            peak = max(peak, rss)
+            series.append((time.perf_counter() - started, rss / 2**20))
+            time.sleep(0.2)
+        code = process.wait()
+    wall = time.perf_counter() - started
+    if code != 0:
+        raise RuntimeError(f"latentmill run failed with exit code {code}; see {log_file}")
+    summary = json.loads((output / "summary.json").read_text())
+    step = max(1, len(series) // 200)
+    return {
+        "rows": rows,
+        "model": model,
+        "batch_size": batch_size,
+        "peak_rss_mb": peak / 2**20,
+        "rss_at_end_mb": series[-1][1] if series else None,
+        "wall_seconds": wall,
+        "rows_per_s": rows / wall,
+        "outputs_written": summary["outputs_written"],
+        "rows_failed": summary["rows_failed"],
+        "command": " ".join(command),
+        "job": job,
+        "rss_series_mb": series[::step],
+    }
+
+
+def run_driver_memory(args) -> dict[str, Any]:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    sizes = [int(r) for r in str(args.rows).split(",") if r.strip()]
+    points = []
+    for rows in sizes:
+        points.append(measure(rows, args.model, args.batch_size, out))
+        log.info("bench driver-memory: %d rows: peak driver RSS %.0f MiB in %.0f s",
+                 rows, points[-1]["peak_rss_mb"], points[-1]["wall_seconds"])
+        _write(out, points, args)
+    return _write(out, points, args)
+
+
+def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
+    growth = None
+    if len(points) >= 2:
+        growth = ar.growth(points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"])
+    report = {
+        "command": f"latentmill bench driver-memory --rows {args.rows} --model {args.model} --batch-size {args.batch_size}",
+        "machine": machine_description(),
+        "points": points,
+        "growth_first_to_last": growth,
+    }
+    (out / "driver_memory.json").write_text(json.dumps(report, indent=2, default=str))
+    rows = [[p["rows"], p["peak_rss_mb"], p["rss_at_end_mb"], p["wall_seconds"], p["rows_per_s"],
+             p["outputs_written"], p["rows_failed"]] for p in points]
+    md = [f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
+          ar.markdown_table(["rows", "driver peak RSS MiB", "driver RSS at end MiB", "wall s", "rows/s",
+                             "outputs", "failed"], rows), ""]
+    if growth is not None:
+        md.append(f"Peak RSS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {growth:+.1%}")
+    (out / "driver_memory.md").write_text("\n".join(md) + "\n")
+    return report

@@ -1,0 +1,188 @@
+"""`latentmill bench scaling`: simulated denoiser devices, efficiency against the ideal.
+
+For each profile and each device count N, the denoiser pool gets N whole (logical) GPUs and the other
+two pools are sized by `latentmill.planning.size_for_denoisers` to keep up with them (in GPU fractions;
+a simulated actor on a fraction f of a device runs f times as fast). The local Ray instance declares
+enough logical GPUs for the plan. The stages sleep, so the only real CPU work is latentmill's and Ray's
+own: moving real-sized tensors through the object store, scheduling, writing media and the manifest.
+
+Efficiency = measured steady-state rows/s / (N x one device's rate), one device's rate being the
+profile's denoiser batch / its batch time (exact: the simulated denoiser sleeps exactly that long).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from latentmill.bench import arithmetic as ar
+from latentmill.bench.compare import machine_description, make_prompt_table, read_manifest
+
+log = logging.getLogger(__name__)
+
+
+def profile_costs(name: str, scale: float = 1.0):
+    from latentmill.models.simulated import SIMULATED_PROFILES
+    from latentmill.planning import StageCost
+
+    profile = SIMULATED_PROFILES[name]
+    return profile, {stage: StageCost(*cost) for stage, cost in profile.stage_costs(scale).items()}
+
+
+def profile_row_bytes(name: str) -> dict[str, float]:
+    """Bytes per row leaving each stage, as latentmill's workers store them (embeddings as float32)."""
+    from latentmill.models.simulated import SIMULATED_PROFILES
+
+    p = SIMULATED_PROFILES[name]
+    tokens, width = p.embed_shape
+    height, width_px = p.defaults["height"], p.defaults["width"]
+    latent = p.latent_channels * (height // p.spatial_factor) * (width_px // p.spatial_factor)
+    if p.is_video:
+        latent *= (p.defaults["num_frames"] - 1) // p.temporal_factor + 1
+    return {"encode": 2 * tokens * width * 4, "denoise": latent * 2, "decode": 0}
+
+
+def scaling_point(profile_name: str, devices: int, batches_per_device: int, out: Path,
+                  headroom: float = 0.15, time_scale: float = 1.0) -> dict[str, Any]:
+    import ray
+
+    from latentmill.bench.monitor import ProcessMonitor
+    from latentmill.config import load_config
+    from latentmill.pipelines.job import run_job
+    from latentmill.planning import choose_batches, size_for_denoisers
+
+    profile, costs = profile_costs(profile_name, time_scale)
+    model = f"builtin:sim-{profile_name}" + (f"@{time_scale:g}" if time_scale != 1.0 else "")
+    batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
+    plan = size_for_denoisers(costs, batches, devices, headroom=headroom)
+    stages = plan.stages_section(cpus_per_actor=0.01)
+    rows = devices * profile.denoise_batch * batches_per_device
+    table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows)
+    output = out / "runs" / f"scaling-{profile_name}-{devices}"
+    if output.exists():
+        shutil.rmtree(output)
+    actors = sum(pool.size for pool in plan.pools.values())
+    config = load_config(None, {
+        "input": {"uri": str(table)},
+        "output": {"uri": str(output)},
+        "model": {"path": model},
+        "stages": stages,
+        "ray": {"progress_bars": False, "local_num_gpus": math.ceil(plan.devices_used + 1e-9),
+                "local_num_cpus": 4.0},
+    })
+    curve: list[tuple[float, int]] = []
+    log.info("bench scaling: %s on %d denoiser device(s), %d rows, %d actors\n%s",
+             profile_name, devices, rows, actors, plan.table())
+    # Every pool is up before rows flow (Ray Data waits for each pool's actors in turn), so the
+    # steady-state window is not confused with a backlog that piled up while actors were starting.
+    import ray.data
+
+    ray.data.DataContext.get_current().wait_for_min_actors_s = 900
+    with ProcessMonitor(uss=False, interval=0.5) as monitor:
+        started = time.perf_counter()
+        summary = run_job(config, on_progress=lambda s: curve.append((time.perf_counter() - started, s.outputs_written)))
+        wall = time.perf_counter() - started
+    ray.shutdown()
+    expected = {"TextEncodeWorker": plan.pools["encode"].size, "DenoiseWorker": devices,
+                "DecodeWorker": plan.pools["decode"].size}
+    up = monitor.up_at(expected)
+    batch_seconds = costs["denoise"].batch_seconds(profile.denoise_batch)
+    one_device = profile.denoise_batch / batch_seconds
+    norm = ar.normalize_curve(curve)
+    # Steady state: after every actor is up plus two denoiser batches, and past 25% of the rows.
+    not_before = (up + 2 * batch_seconds) if up is not None else None
+    window = ar.steady_window(norm, lo=0.25, hi=0.9, not_before=not_before)
+    rate = window[2] / (window[1] - window[0]) if window else None
+    manifest = read_manifest(output)
+    busy = {}
+    if manifest is not None and window:
+        for stage in ("encode", "denoise", "decode"):
+            seconds = manifest.column(f"{stage}_seconds").to_pylist()
+            pool = plan.pools[stage]
+            busy[stage] = ar.busy_fraction(ar.busy_in_window(seconds, norm, window[0], window[1]),
+                                           pool.size, window[1] - window[0])
+    return {
+        "profile": profile_name,
+        "model": model,
+        "time_scale": time_scale,
+        "denoise_batch_seconds": costs["denoise"].batch_seconds(profile.denoise_batch),
+        "devices": devices,
+        "rows": rows,
+        "rows_failed": summary.rows_failed,
+        "actors": actors,
+        "plan": plan.to_dict(),
+        "stages": stages,
+        "wall_seconds": wall,
+        "first_output_seconds": ar.first_output_seconds(norm) if norm else None,
+        "pools_up_seconds": up,
+        "steady_window": list(window) if window else None,
+        "steady_rows_per_s": rate,
+        "one_device_rows_per_s": one_device,
+        "ideal_rows_per_s": devices * one_device,
+        "efficiency": ar.efficiency(rate, devices, one_device),
+        "predicted_rows_per_s": plan.throughput_rows_s,
+        "busy_fraction_steady": busy,
+        "memory": monitor.summary(["TextEncodeWorker", "DenoiseWorker", "DecodeWorker"]),
+        "driver_peak_rss_mb": monitor.driver_peak_rss / 2**20,
+        "curve": norm,
+    }
+
+
+def run_scaling(args) -> dict[str, Any]:
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
+    device_counts = [int(d) for d in args.devices.split(",") if d.strip()]
+    points = []
+    for profile in profiles:
+        for devices in device_counts:
+            point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale)
+            log.info("bench scaling: %s x%d: %.3g rows/s steady, efficiency %s", profile, devices,
+                     point["steady_rows_per_s"] or 0, ar.fmt(point["efficiency"]))
+            points.append(point)
+            # Partial results survive an interrupted run.
+            _write(out, points, args)
+    return _write(out, points, args)
+
+
+def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
+    linear: dict[str, dict[int, float | None]] = {}
+    for profile in {p["profile"] for p in points}:
+        rates = {p["devices"]: p["steady_rows_per_s"] for p in points if p["profile"] == profile}
+        linear[profile] = ar.linearity(rates)
+    report = {
+        "command": f"latentmill bench scaling --profiles {args.profiles} --devices {args.devices} "
+                   f"--batches-per-device {args.batches_per_device} --time-scale {args.time_scale:g}",
+        "machine": machine_description(),
+        "points": points,
+        "linearity": linear,
+    }
+    (out / "scaling.json").write_text(json.dumps(report, indent=2, default=str))
+    (out / "scaling.md").write_text(scaling_markdown(report))
+    return report
+
+
+def scaling_markdown(report: dict[str, Any]) -> str:
+    rows = []
+    for p in report["points"]:
+        pools = p["plan"]["pools"]
+        sizing = " / ".join(f"{pools[s]['size']}x{pools[s]['device_share']:g}" for s in ("encode", "denoise", "decode"))
+        busy = p["busy_fraction_steady"]
+        rows.append([
+            p["profile"], p["devices"], sizing, p["rows"], p["pools_up_seconds"], p["first_output_seconds"],
+            p["steady_rows_per_s"], p["ideal_rows_per_s"], p["efficiency"],
+            report["linearity"].get(p["profile"], {}).get(p["devices"]),
+            "/".join(ar.fmt(busy.get(s), 2) for s in ("encode", "denoise", "decode")) if busy else "n/a",
+            (p["memory"].get("DenoiseWorker") or {}).get("peak_rss_mb"),
+            p["driver_peak_rss_mb"],
+        ])
+    headers = ["profile", "denoiser devices", "pools enc/den/dec (actors x GPU)", "rows", "pools up s",
+               "first output s", "steady rows/s", "ideal rows/s", "efficiency", "vs linear from 1",
+               "busy enc/den/dec", "denoiser actor RSS MiB", "driver RSS MiB"]
+    return "\n".join([f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
+                      ar.markdown_table(headers, rows), ""])

@@ -1,0 +1,162 @@
+"""Faults on a local Ray instance: per-row failures in every stage, out-of-memory in decode, the error
+budget, a denoiser process killed mid-run, a model that cannot load, storage that vanishes mid-run.
+
+Each run ends with the exactly-once checks of `exactly_once.check_output`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from contextlib import contextmanager
+
+import pytest
+
+from latentmill import schema
+from latentmill.io import storage
+from latentmill.jobs.cli import EXIT_BUDGET, EXIT_JOB_ERROR, main
+from latentmill.pipelines.job import JobError
+from tests.helpers import write_table
+from tests.integration.exactly_once import (check_output, check_summary, cli_command, run, session_env,
+                                            stage_actors)
+
+pytestmark = pytest.mark.slow
+
+
+@contextmanager
+def faults(text: str):
+    """LATENTMILL_FAULTS for runs started in this process (the driver forwards it to the actors)."""
+    previous = os.environ.get("LATENTMILL_FAULTS")
+    os.environ["LATENTMILL_FAULTS"] = text
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LATENTMILL_FAULTS")
+        else:
+            os.environ["LATENTMILL_FAULTS"] = previous
+
+
+def prompts(tmp_path, n: int, prefix: str = "f"):
+    ids = [f"{prefix}-{i:02d}" for i in range(n)]
+    return write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids]), ids
+
+
+def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, tmp_path):
+    """One CLI run: a row raising in encode, one raising in denoise, one with NaN latents; decode runs
+    out of memory on its first batch and on the tiled retry of that batch. Three failures against
+    --max-failed 2: the job completes, every other row is an output, and the exit code is 3."""
+    table, ids = prompts(tmp_path, 12)
+    job = tmp_path / "job.yaml"
+    job.write_text("stages:\n" + "".join(f"  {s}: {{batch_size: 4, num_cpus: 0.5, torch_threads: 1}}\n"
+                                         for s in ("encode", "denoise", "decode")))
+    out = tmp_path / "out"
+    env = session_env(LATENTMILL_FAULTS="encode:raise:f-09;denoise:raise:f-03;denoise:nan:f-06;decode:oom:2")
+    result = subprocess.run(cli_command(job, "--input", str(table), "--output", str(out), "--max-failed", "2"),
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == EXIT_BUDGET, result.stderr[-3000:]
+    assert "error budget (max_failed) exceeded" in result.stdout
+
+    failed = {"f-03", "f-06", "f-09"}
+    output = check_output(str(out), set(ids) - failed, failed)
+    check_summary(output.summary, rows=12, outputs=9, failed=3)
+    assert output.summary["failed_by_stage"] == {"encode": 1, "denoise": 2}
+    assert output.summary["budget_exceeded"] is True
+    errors = output.errors
+    assert (errors["f-09"][schema.ERROR_STAGE], errors["f-09"][schema.ERROR_TYPE]) == ("encode", "RuntimeError")
+    assert errors["f-09"][schema.ERROR_MESSAGE] == "injected fault for row 'f-09'"
+    assert (errors["f-03"][schema.ERROR_STAGE], errors["f-03"][schema.ERROR_TYPE]) == ("denoise", "RuntimeError")
+    assert (errors["f-06"][schema.ERROR_STAGE], errors["f-06"][schema.ERROR_TYPE]) == ("denoise", "FloatingPointError")
+    assert "non-finite latents for row 'f-06'" in errors["f-06"][schema.ERROR_MESSAGE]
+    for row in errors.values():
+        assert json.loads(row[schema.INPUT_ROW])["id"] == row[schema.ID] and row["run_id"]
+    # Out of memory twice did not fail a row: the batch was retried tiled, then row by row.
+    assert not any(row[schema.ERROR_STAGE] == "decode" for row in errors.values())
+
+
+def test_a_killed_denoiser_is_restarted_and_its_batch_retried(ray_local, tmp_path):
+    """SIGKILL the denoise actor's process once the first output is in; Ray restarts it, Ray Data
+    retries its batch, and every row still ends exactly once."""
+    table, ids = prompts(tmp_path, 8, "k")
+    killed: dict = {}
+
+    def kill_denoiser(summary) -> None:
+        if killed or not summary.outputs_written:
+            return
+        alive = [a for a in stage_actors("DenoiseWorker") if a["State"] == "ALIVE" and a["Pid"]]
+        assert alive, "no live denoise actor mid-run"
+        killed.update(pid=alive[0]["Pid"], actor=alive[0]["ActorID"], outputs=summary.outputs_written)
+        os.kill(alive[0]["Pid"], signal.SIGKILL)
+
+    with faults("denoise:sleep:1"):
+        summary = run(str(table), str(tmp_path / "out"), batch_size=1, on_progress=kill_denoiser,
+                      stages={"encode": {"batch_size": 4}})
+    assert killed and killed["outputs"] < len(ids), killed  # it died with rows still to do
+    check_summary(summary, rows=8, outputs=8, failed=0)
+    check_output(str(tmp_path / "out"), set(ids), set())
+    [actor] = [a for a in stage_actors("DenoiseWorker") if a["ActorID"] == killed["actor"]]
+    assert actor["NumRestarts"] >= 1
+
+
+@pytest.fixture
+def broken_model(model_cache, tmp_path):
+    """The tiny image checkpoint with garbage in place of the unet's safetensors."""
+    import shutil
+
+    from latentmill.models import materialize
+
+    model = tmp_path / "broken"
+    shutil.copytree(materialize("builtin:tiny-image"), model)
+    (model / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00garbage!")
+    return model
+
+
+def test_a_model_that_cannot_load_stops_the_job_with_a_clear_message(ray_local, broken_model, tmp_path, capsys):
+    table, _ = prompts(tmp_path, 4)
+    started = time.monotonic()
+    code = main(["run", "--no-progress", "--input", str(table), "--output", str(tmp_path / "out"),
+                 "--model", str(broken_model)])
+    err = capsys.readouterr().err
+    assert code == EXIT_JOB_ERROR, err
+    message = err.strip().splitlines()
+    assert message[0].startswith("latentmill: "), err[-2000:]
+    assert "denoise" in err and "unet" in err and str(broken_model) in err, err[-2000:]
+    assert "Traceback" not in err and "RayTaskError" not in err and "ActorDiedError" not in err
+    assert time.monotonic() - started < 240  # failed fast, not retried forever
+
+
+def test_storage_that_vanishes_mid_run_stops_the_job(ray_local, s3, tmp_path):
+    """The output bucket is deleted once the first object is in: a fatal storage error, so the job
+    stops with a message naming the bucket instead of turning every row into an error row."""
+    fs, _ = storage.resolve("s3://", s3.storage_options())
+    fs.mkdir("vanishing")
+    table, _ = prompts(tmp_path, 8, "v")
+    settings = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
+    deleted = threading.Event()
+
+    def delete_bucket_after_first_object() -> None:
+        watcher, _ = storage.resolve("s3://", dict(s3.storage_options(), skip_instance_cache=True))
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if watcher.find("vanishing/out/media"):
+                    watcher.rmdir("vanishing")  # SeaweedFS deletes a bucket with its objects
+                    deleted.set()
+                    return
+            except FileNotFoundError:
+                pass
+            time.sleep(0.2)
+
+    thread = threading.Thread(target=delete_bucket_after_first_object, daemon=True)
+    thread.start()
+    with faults("denoise:sleep:0.5"), pytest.raises(JobError) as caught:
+        run(str(table), "s3://vanishing/out", batch_size=1, storage=settings)
+    thread.join(timeout=5)
+    assert deleted.is_set()
+    message = str(caught.value)
+    assert message.startswith("storage failed, job stopped: "), message
+    assert "Bucket 'vanishing' does not exist" in message and s3.secret_key not in message

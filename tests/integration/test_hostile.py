@@ -1,0 +1,303 @@
+"""Hostile input (issue 3, part 4): each case ends as an output, an error row or a clear stop.
+
+The row-level cases share ONE job run (`hostile`, a table holding every hostile row plus good
+ones); each test asserts its rows' outcome and message. Table- and model-level cases stop before
+Ray starts, so they are cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from latentmill import schema
+from latentmill.config import load_config
+from latentmill.io import storage
+from latentmill.jobs.cli import EXIT_JOB_ERROR, EXIT_OK, main
+from latentmill.pipelines.job import JobError, prepare, run_job
+from tests.helpers import write_table
+from tests.integration.exactly_once import check_output, check_summary, run
+
+LONG_PROMPT = " ".join(["a watercolour painting of a lighthouse on a cliff at dusk, gulls overhead"] * 10)
+UNICODE = {
+    "japanese": "富士山の上の満月、浮世絵の様式",
+    "emoji": "🚀🌕 a rocket 👩‍🚀 near the moon ✨",
+    "rtl": "مرحبا بالعالم — שלום עולם — mixed with English",
+}
+HOSTILE_IDS = ["a/b/c", "../../escape", "..", "with spaces here", "x" * 1000]
+LIMITS = {"max_height": 128, "max_width": 128, "max_steps": 8, "max_prompt_chars": 2000}
+
+# id -> row (the prompt defaults to a plain one); "dup" appears twice.
+ROWS = [
+    {"id": "ok", "prompt": "a red fox in the snow"},
+    {"id": "null", "prompt": None},
+    {"id": "empty", "prompt": ""},
+    {"id": "blank", "prompt": " \t\n  "},
+    {"id": "long", "prompt": LONG_PROMPT},
+    {"id": "too-long", "prompt": "many words " * 200},
+    *({"id": key, "prompt": text} for key, text in UNICODE.items()),
+    {"id": "dup", "prompt": "first of two rows with one id"},
+    {"id": "dup", "prompt": "second of two rows with one id"},
+    *({"id": row_id, "prompt": f"hostile id {i}"} for i, row_id in enumerate(HOSTILE_IDS)),
+    {"id": "tall", "prompt": "p", "height": 256},
+    {"id": "wide", "prompt": "p", "width": 4096},
+    {"id": "many-steps", "prompt": "p", "num_inference_steps": 50.0},
+    {"id": "half-step", "prompt": "p", "num_inference_steps": 2.5},
+    {"id": "word-guidance", "prompt": "p", "guidance_scale": "high"},
+    {"id": "text-seed", "prompt": "p", "seed": "12"},
+    {"id": "boom", "prompt": "decoding this row raises"},
+]
+OUTPUTS = {"ok", "long", *UNICODE, "dup", *HOSTILE_IDS}
+FAILED = {"null", "empty", "blank", "too-long", "dup", "tall", "wide", "many-steps", "half-step",
+          "word-guidance", "text-seed", "boom"}
+
+
+@pytest.fixture(scope="module")
+def hostile(ray_local, tmp_path_factory):
+    """One run over every hostile row; a decode fault on row 'boom' (its batch mates must complete)."""
+    folder = tmp_path_factory.mktemp("hostile")
+    table = write_table(folder / "hostile.parquet", ROWS)
+    assert pq.read_schema(table).field("guidance_scale").type == pa.string()  # a wrong-type column
+    out = folder / "out"
+    previous = os.environ.get("LATENTMILL_FAULTS")
+    os.environ["LATENTMILL_FAULTS"] = "decode:raise:boom"
+    try:
+        summary = run(str(table), str(out), limits=LIMITS, output={"manifest_flush_seconds": 1})
+    finally:
+        if previous is None:
+            os.environ.pop("LATENTMILL_FAULTS")
+        else:
+            os.environ["LATENTMILL_FAULTS"] = previous
+    output = check_output(str(out), OUTPUTS, FAILED)
+    return summary, output, out
+
+
+def error(hostile, row_id: str) -> dict:
+    return hostile[1].errors[row_id]
+
+
+def validate_error(hostile, row_id: str) -> str:
+    row = error(hostile, row_id)
+    assert (row[schema.ERROR_STAGE], row[schema.ERROR_TYPE]) == ("validate", "InvalidRow")
+    assert json.loads(row[schema.INPUT_ROW])["id"] == row_id  # the raw row is kept
+    return row[schema.ERROR_MESSAGE]
+
+
+@pytest.mark.slow
+def test_every_row_ends_in_exactly_one_place(hostile):
+    summary, output, _ = hostile
+    check_summary(summary, rows=len(ROWS), outputs=len(OUTPUTS), failed=len(FAILED))
+    assert summary.failed_by_stage == {"validate": len(FAILED) - 1, "decode": 1}
+    check_summary(output.summary, rows=len(ROWS), outputs=len(OUTPUTS), failed=len(FAILED))
+
+
+@pytest.mark.slow
+def test_null_empty_and_whitespace_prompts(hostile):
+    assert "prompt column 'prompt' is null; give every row a prompt" in validate_error(hostile, "null")
+    assert "prompt column 'prompt' is empty" in validate_error(hostile, "empty")
+    assert "prompt column 'prompt' is empty" in validate_error(hostile, "blank")
+
+
+@pytest.mark.slow
+def test_prompt_longer_than_the_encoder_is_truncated_and_flagged(hostile):
+    manifest = hostile[1].manifest
+    assert manifest["long"][schema.PROMPT_TRUNCATED] is True
+    assert manifest["long"][schema.PROMPT] == LONG_PROMPT  # the manifest keeps the full prompt
+    assert manifest["ok"][schema.PROMPT_TRUNCATED] is False
+    # Beyond limits.max_prompt_chars it is an error row instead.
+    assert "above limits.max_prompt_chars 2000" in validate_error(hostile, "too-long")
+
+
+@pytest.mark.slow
+def test_unicode_emoji_and_right_to_left_prompts(hostile):
+    manifest = hostile[1].manifest
+    for row_id, text in UNICODE.items():
+        assert manifest[row_id][schema.PROMPT] == text
+        assert manifest[row_id][schema.OUTPUT_URI].endswith(f"/media/{row_id}.png")
+
+
+@pytest.mark.slow
+def test_duplicate_ids_keep_one_row_and_report_the_other(hostile):
+    kept = hostile[1].manifest["dup"][schema.PROMPT]
+    message = validate_error(hostile, "dup")
+    assert "id 'dup' appears more than once in the input" in message and "unique id" in message
+    dropped = json.loads(error(hostile, "dup")[schema.INPUT_ROW])["prompt"]
+    assert {kept, dropped} == {"first of two rows with one id", "second of two rows with one id"}
+
+
+@pytest.mark.slow
+def test_hostile_ids_keep_every_key_inside_the_output_prefix(hostile):
+    _, output, out = hostile
+    media = (out / "media").resolve()
+    for row_id in HOSTILE_IDS:
+        uri = output.manifest[row_id][schema.OUTPUT_URI]
+        path = Path(uri).resolve()
+        assert path.parent == media, uri
+        assert path.name == storage.safe_key(row_id) + ".png" and len(path.name) <= 104
+    # Nothing was written anywhere but the output folder's own sub-folders.
+    assert sorted(p.name for p in out.iterdir()) == ["_latentmill_job.json", "errors", "manifest", "media", "runs",
+                                                     "summary.json"]
+    assert not (out.parent / "escape").exists() and not (out.parent.parent / "escape.png").exists()
+
+
+@pytest.mark.slow
+def test_sizes_and_steps_beyond_the_configured_limits(hostile):
+    assert "size 256 x 64 exceeds limits.max_height x max_width 128 x 128" in validate_error(hostile, "tall")
+    assert "exceeds limits.max_height x max_width" in validate_error(hostile, "wide")
+    assert "num_inference_steps 50 exceeds limits.max_steps 8" in validate_error(hostile, "many-steps")
+
+
+@pytest.mark.slow
+def test_per_row_overrides_of_the_wrong_type(hostile):
+    assert "column 'guidance_scale' must be a number, got 'high' (str)" in validate_error(hostile, "word-guidance")
+    assert "column 'seed' must be a number, got '12' (str)" in validate_error(hostile, "text-seed")
+    assert "column 'num_inference_steps' must be a whole number, got 2.5" in validate_error(hostile, "half-step")
+
+
+@pytest.mark.slow
+def test_a_row_failing_in_decode_is_isolated_from_its_batch(hostile):
+    row = error(hostile, "boom")
+    assert (row[schema.ERROR_STAGE], row[schema.ERROR_TYPE]) == ("decode", "RuntimeError")
+    assert row[schema.ERROR_MESSAGE] == "injected fault for row 'boom'"
+    assert json.loads(row[schema.INPUT_ROW])["prompt"] == "decoding this row raises"
+
+
+@pytest.mark.slow
+def test_non_text_prompt_type(ray_local, tmp_path, capsys):
+    """A prompt column of integers: every row is an error row naming the type (run through the CLI)."""
+    table = tmp_path / "ints.parquet"
+    pq.write_table(pa.table({"prompt": [12, 7], "id": ["twelve", "seven"]}), table)
+    code = main(["run", "--no-progress", "--input", str(table), "--output", str(tmp_path / "out")])
+    assert code == EXIT_OK, capsys.readouterr().err[-2000:]
+    output = check_output(str(tmp_path / "out"), set(), {"twelve", "seven"})
+    assert "prompt column 'prompt' must be text, got 12 (int)" in output.errors["twelve"][schema.ERROR_MESSAGE]
+    check_summary(output.summary, rows=2, outputs=0, failed=2)
+
+
+# --------------------------------------------------------------------------------------------
+# Cases that stop the job before any Ray work (cheap).
+# --------------------------------------------------------------------------------------------
+
+
+def run_cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main(["run", "--no-progress", *args])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_zero_rows(model_cache, tmp_path, capsys, caplog):
+    table = tmp_path / "empty.parquet"
+    pq.write_table(pa.table({"prompt": pa.array([], pa.string())}), table)
+    code, out, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"))
+    assert code == EXIT_OK, err
+    assert "has no rows; nothing to do" in caplog.text
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    check_summary(summary, rows=0, outputs=0, failed=0)
+    assert re.search(r"rows read\s+0\n", out) and re.search(r"rows failed\s+0\n", out)
+    assert not (tmp_path / "out" / "media").exists()
+
+
+def test_a_file_that_is_not_parquet_inside_a_table_folder(model_cache, tmp_path, capsys):
+    folder = tmp_path / "table"
+    folder.mkdir()
+    write_table(folder / "part-0.parquet", [{"prompt": "fine"}])
+    (folder / "part-1.parquet").write_text("prompt\nnot parquet at all\n")
+    code, _, err = run_cli(capsys, "--input", str(folder), "--output", str(tmp_path / "out"))
+    assert code == EXIT_JOB_ERROR
+    assert "part-1.parquet' is not a readable Parquet file" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_prompt_column(model_cache, tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"caption": "a cat", "id": "1"}])
+    code, _, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"))
+    assert code == EXIT_JOB_ERROR
+    assert "has no prompt column 'prompt'; its columns are ['caption', 'id']" in err
+    assert "--prompt-column" in err
+
+
+def test_files_of_one_table_with_different_prompt_types(model_cache, tmp_path, capsys):
+    """Ray Data cannot unify text and integer columns: refused up front, naming the file and column."""
+    folder = tmp_path / "table"
+    folder.mkdir()
+    write_table(folder / "a.parquet", [{"prompt": "text"}])
+    pq.write_table(pa.table({"prompt": [5]}), folder / "b.parquet")
+    code, _, err = run_cli(capsys, "--input", str(folder), "--output", str(tmp_path / "out"))
+    assert code == EXIT_JOB_ERROR
+    assert "b.parquet' does not match the table's other files" in err and "prompt" in err
+    assert "string vs int64" in err and "Traceback" not in err
+
+
+def test_model_path_that_does_not_exist(tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    code, _, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"),
+                           "--model", str(tmp_path / "no-such-model"))
+    assert code == EXIT_JOB_ERROR
+    assert "no-such-model' does not exist" in err and "diffusers checkpoint folder" in err
+
+
+def test_model_that_is_not_a_diffusers_checkpoint(tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "weights.safetensors").write_bytes(b"\0" * 16)
+    code, _, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert code == EXIT_JOB_ERROR
+    assert "is not a diffusers checkpoint: " in err and "model_index.json is missing" in err
+
+
+@pytest.fixture
+def pickled_model(model_cache, tmp_path) -> Path:
+    """The tiny image checkpoint with one extra pickle weights file in unet/."""
+    from latentmill.models import materialize
+
+    model = tmp_path / "pickled"
+    shutil.copytree(materialize("builtin:tiny-image"), model)
+    (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"pickle bytes")
+    return model
+
+
+def test_pickle_weights_are_refused_by_default(pickled_model, tmp_path, capsys):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    code, _, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"),
+                           "--model", str(pickled_model))
+    assert code == EXIT_JOB_ERROR
+    assert "has pickle weights (unet/diffusion_pytorch_model.bin, 1 file(s))" in err
+    assert "Convert them to safetensors, or set model.allow_pickle: true" in err
+
+
+def test_pickle_weights_are_accepted_when_explicitly_allowed(pickled_model, tmp_path):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    config = load_config(None, {"input": {"uri": str(table)}, "output": {"uri": str(tmp_path / "out")},
+                                "model": {"path": str(pickled_model), "allow_pickle": True}})
+    _, _, model, family, _ = prepare(config)  # every up-front check passes
+    assert model.local_dir == str(pickled_model) and family.name == "stable-diffusion"
+    config.model.allow_pickle = False
+    with pytest.raises(JobError, match="pickle weights"):
+        run_job(config)
+
+
+def test_frame_counts_beyond_the_configured_limit(model_cache, tmp_path):
+    """Video rows are validated with the job's limits and the real tiny video checkpoint's rules."""
+    from latentmill.pipelines.validate import validate_batch
+
+    rows = [{"id": "ok", "prompt": "v", "num_frames": 9}, {"id": "long", "prompt": "v", "num_frames": 13},
+            {"id": "odd", "prompt": "v", "num_frames": 8}, {"id": "fps", "prompt": "v", "fps": "fast"}]
+    table = write_table(tmp_path / "video.parquet", rows)
+    config = load_config(None, {"input": {"uri": str(table)}, "output": {"uri": str(tmp_path / "out")},
+                                "model": {"path": "builtin:tiny-video"}, "limits": {"max_frames": 9}})
+    _, _, _, family, rules = prepare(config)
+    assert family.is_video
+    out = validate_batch(pq.read_table(table), rules)
+    messages = dict(zip(out[schema.ID], out[schema.ERROR_MESSAGE]))
+    assert messages["ok"] == "" and out[schema.NUM_FRAMES][0] == 9
+    assert "num_frames 13 must be between 1 and limits.max_frames 9" in messages["long"]
+    assert "4k+1" in messages["odd"]
+    assert "column 'fps' must be a number, got 'fast' (str)" in messages["fps"]

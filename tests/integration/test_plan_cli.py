@@ -1,0 +1,70 @@
+"""`latentmill plan` on a simulated model, then `latentmill run --plan FILE` and `--auto-size`."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from latentmill.jobs.cli import main
+from tests.helpers import write_table
+
+MODEL = "builtin:sim-sdxl-30@0.02"  # SDXL's stage shares, 50x faster: a denoiser batch of 4 takes 24 ms
+
+
+def run_cli(args: list[str]) -> subprocess.CompletedProcess:
+    import ray
+
+    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
+    return subprocess.run([sys.executable, "-m", "latentmill.jobs.cli", *args],
+                          capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.mark.slow
+def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
+    plan_file = tmp_path / "plan.yaml"
+    code = main(["plan", "--model", MODEL, "--cpus", "2", "--batch-sizes", "1,2,4", "--repeats", "1",
+                 "--output", str(plan_file)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "predicted throughput" in printed and "bottleneck" in printed
+    document = yaml.safe_load(plan_file.read_text())
+    stages = document["stages"]
+    assert set(stages) == {"encode", "denoise", "decode"}
+    assert sum(s["size"] * s["num_cpus"] for s in stages.values()) <= 2 + 1e-6
+    assert stages["encode"]["batch_size"] <= stages["denoise"]["batch_size"]
+    assert document["plan"]["calibration"]["costs"]["denoise"]["t1"] > 0
+
+    table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(12)])
+    out = tmp_path / "out"
+    result = run_cli(["run", "--input", str(table), "--output", str(out), "--model", MODEL,
+                      "--plan", str(plan_file), "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "summary.json").read_text())
+    assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (12, 12, 0)
+    used = summary["config"]["stages"]
+    for stage, values in stages.items():
+        for key, value in values.items():
+            assert used[stage][key] == pytest.approx(value), (stage, key)
+
+
+@pytest.mark.slow
+def test_run_auto_size(ray_local, tmp_path):
+    table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(8)])
+    out = tmp_path / "out"
+    result = run_cli(["run", "--input", str(table), "--output", str(out), "--model", MODEL, "--auto-size",
+                      "--no-progress"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "auto-size" in result.stderr and "predicted throughput" in result.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["outputs_written"] == 8
+
+
+def test_plan_and_auto_size_are_exclusive(capsys):
+    with pytest.raises(SystemExit):
+        main(["run", "--input", "x", "--output", "y", "--plan", "p.yaml", "--auto-size"])
+    assert "not allowed with" in capsys.readouterr().err

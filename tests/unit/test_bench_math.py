@@ -1,0 +1,164 @@
+"""The benchmark's arithmetic on fixed inputs (pure: no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentmill.bench import arithmetic as ar
+from latentmill.bench.monitor import worker_kind
+from latentmill.models.simulated import SIMULATED_PROFILES, parse_name
+
+
+def test_normalize_curve_sorts_and_drops_repeats():
+    assert ar.normalize_curve([(2.0, 8), (1.0, 4), (3.0, 8), (4.0, 12)]) == [(1.0, 4), (2.0, 8), (4.0, 12)]
+
+
+def test_first_output_and_time_to_rows():
+    curve = [(10.0, 4), (11.0, 8), (12.0, 12)]
+    assert ar.first_output_seconds(curve) == 10.0
+    assert ar.time_to_rows(curve, 5) == 11.0
+    assert ar.time_to_rows(curve, 13) is None
+
+
+def test_steady_rate_excludes_ramp_and_drain():
+    # 10 s of start-up, then 4 rows every second for 25 s, then a slow tail.
+    curve = [(10.0 + i, 4 * (i + 1)) for i in range(25)] + [(40.0, 104)]
+    start, end, rows = ar.steady_window(curve, lo=0.2, hi=0.9)
+    # 20% of 104 rows = 20.8 -> the arrival completing row 24 (t=15); 90% = 93.6 -> row 96 (t=33).
+    assert (start, end, rows) == (15.0, 33.0, 72)
+    assert ar.steady_rate(curve) == pytest.approx(4.0)
+    # Not before every actor is up.
+    assert ar.steady_window(curve, not_before=20.5)[0] == 21.0
+    assert ar.steady_rate(curve, not_before=20.5) == pytest.approx(4.0)
+
+
+def test_steady_rate_degenerate_curves():
+    assert ar.steady_rate([]) is None
+    assert ar.steady_rate([(5.0, 48)]) is None  # everything in one batch: no rate to measure
+    assert ar.steady_rate([(1.0, 4), (2.0, 8)], not_before=3.0) is None
+    with pytest.raises(ValueError):
+        ar.steady_window([(1.0, 1), (2.0, 2)], lo=0.9, hi=0.2)
+
+
+def test_busy_fractions():
+    assert ar.busy_fraction(30.0, 2, 20.0) == pytest.approx(0.75)
+    assert ar.busy_fraction(1.0, 0, 10.0) is None
+    # Row i arrived at the i-th point; each row carries 0.5 s (a batch of 2 taking 1 s).
+    curve = [(1.0, 2), (2.0, 4), (3.0, 6), (4.0, 8)]
+    seconds = [0.5] * 8
+    # Rows that arrived in (1, 3]: rows 2..5 -> 2 s of busy time.
+    assert ar.busy_in_window(seconds, curve, 1.0, 3.0) == pytest.approx(2.0)
+    assert ar.busy_fraction(ar.busy_in_window(seconds, curve, 1.0, 3.0), 1, 2.0) == pytest.approx(1.0)
+    assert ar.busy_in_window(seconds, curve, 5.0, 6.0) == 0.0
+
+
+def test_ratios_and_speedup():
+    assert ar.speedup(60.0, 40.0) == pytest.approx(1.5)  # baseline 60 s, ours 40 s
+    assert ar.ratio(3.0, 4.0) == pytest.approx(0.75)
+    assert ar.ratio(None, 4.0) is None and ar.ratio(3.0, 0) is None
+
+
+def test_efficiency_and_linearity():
+    one = ar.ideal_rate(1, batch=4, batch_seconds=1.2)
+    assert one == pytest.approx(10 / 3)
+    assert ar.efficiency(51.2, 16, one) == pytest.approx(0.96)
+    rates = {1: 3.2, 4: 12.8, 8: 24.0, 16: 48.0}
+    linear = ar.linearity(rates)
+    assert linear[1] == 1.0 and linear[4] == pytest.approx(1.0)
+    assert linear[8] == pytest.approx(24 / 25.6) and linear[16] == pytest.approx(48 / 51.2)
+    assert ar.linearity({4: 10.0}) == {4: None}
+
+
+def test_growth_median_and_table():
+    assert ar.growth(200.0, 230.0) == pytest.approx(0.15)
+    assert ar.median([3.0, 1.0, 2.0]) == 2.0
+    assert ar.median([4.0, 1.0, None, 2.0, 3.0]) == 2.5
+    assert ar.median([None]) is None
+    table = ar.markdown_table(["a", "b"], [["x", 0.123456], ["y", None]])
+    assert table.splitlines() == ["| a | b |", "|---|---|", "| x | 0.123 |", "| y | n/a |"]
+
+
+def test_worker_kind_from_ray_process_titles():
+    assert worker_kind(["ray::MapWorker(MapBatches(DenoiseWorker))"]) == "DenoiseWorker"
+    assert worker_kind(["ray::MapWorker(MapBatches(DecodeWorker)).submit"]) == "DecodeWorker"
+    assert worker_kind(["ray::MapWorker(MapBatches(PeerPipelineWorker))"]) == "PeerPipelineWorker"
+    assert worker_kind(["ray::IDLE"]) == "IDLE"
+    assert worker_kind(["/usr/bin/python", "x.py"]) is None
+    assert worker_kind([]) is None
+
+
+@pytest.mark.parametrize("name", sorted(SIMULATED_PROFILES))
+def test_simulated_profiles_keep_published_shares(name):
+    profile = SIMULATED_PROFILES[name]
+    costs = profile.stage_costs()
+    # A denoiser batch at the reference size takes the calibrated time (>= 1 s).
+    t0, t1 = costs["denoise"]
+    assert t0 + profile.denoise_batch * t1 == pytest.approx(profile.denoise_batch_seconds)
+    assert profile.denoise_batch_seconds >= 1.0
+    # Batch-of-one times are in the published proportions.
+    ones = {stage: sum(cost) for stage, cost in costs.items()}
+    total = sum(ones.values())
+    shares = [ones[s] / total * sum(profile.shares) for s in ("encode", "denoise", "decode")]
+    assert shares == pytest.approx(list(profile.shares))
+
+
+def test_simulated_names_and_scale():
+    profile, scale = parse_name("sim-sdxl-30@0.01")
+    assert profile.name == "sdxl-30" and scale == 0.01
+    fast = profile.stage_costs(scale)["denoise"]
+    assert sum(fast) == pytest.approx(sum(profile.stage_costs()["denoise"]) * 0.01)
+    with pytest.raises(ValueError, match="known: sim-sd15-50"):
+        parse_name("sim-nope")
+    with pytest.raises(ValueError, match="> 0"):
+        parse_name("sim-lcm-4@0")
+
+
+def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch):
+    import time
+
+    import numpy as np
+
+    from latentmill.models import resolve_model
+    from latentmill.models.base import Request
+
+    monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
+    ref = resolve_model("builtin:sim-wan14b-50@0.001")
+    family = ref.family()
+    assert family.is_video and family.generation_defaults()["num_frames"] == 81
+    request = Request("r1", "a prompt", "", 7, 50, 5.0, 480, 832, 81, 16.0)
+    assert family.check_request(request) is None
+    assert "4k+1" in family.check_request(Request("r1", "p", "", 7, 50, 5.0, 480, 832, 80, 16.0))
+    assert family.prepare_runtime(0.5, "float16", 1) == ("simulated", "float16")
+    started = time.perf_counter()
+    encoded = family.encode([request, request])
+    latents = family.denoise([request, request], encoded.tensors)
+    frames = family.decode(np.stack(latents))
+    # At half a device, twice the scaled time: (t0 + 2 t1) * 2 per stage.
+    costs = family.spec["stage_costs"]
+    expected = sum(2 * (c["t0"] + 2 * c["t1"]) for c in costs.values())
+    assert time.perf_counter() - started >= expected * 0.99
+    assert encoded.tensors["prompt_embeds"].shape == (2, 512, 4096)
+    assert encoded.tensors["prompt_embeds"].dtype == np.float16
+    assert latents[0].shape == (16, 21, 60, 104) and latents[0].dtype == np.float16
+    assert frames.shape == (2, 2, 16, 16, 3) and frames.dtype == np.float32
+    assert 0 <= frames.min() and frames.max() <= 1
+
+
+def test_simulated_actor_path_never_imports_torch(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from latentmill.actors.stages import DenoiseWorker\n"
+        "from latentmill.models import resolve_model\n"
+        "from latentmill.models.base import Request\n"
+        "f = resolve_model('builtin:sim-sdxl-30@0.001').family()\n"
+        "f.prepare_runtime(1.0, 'float16', 1)\n"
+        "r = Request('a', 'p', '', 1, 30, 5.0, 1024, 1024, 1, 0.0)\n"
+        "f.decode(np.stack(f.denoise([r], f.encode([r]).tensors)))\n"
+        "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported torch'\n"
+    )
+    env = {**os.environ, "LATENTMILL_CACHE": str(tmp_path)}
+    subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
