@@ -255,6 +255,8 @@ def run_compare(args) -> dict[str, Any]:
         log.info("latentmill's pools for this benchmark:\n%s", plan.table())
     if args.batch_size:
         stages.setdefault("denoise", {})["batch_size"] = args.batch_size
+        encode = stages.setdefault("encode", {})
+        encode["batch_size"] = min(encode.get("batch_size", args.batch_size), args.batch_size)
 
     def config_for(output: Path):
         return load_config(None, {
@@ -286,10 +288,13 @@ def run_compare(args) -> dict[str, Any]:
                 shutil.rmtree(output)
             output.mkdir(parents=True)
             log.info("bench compare: contender %s, run %d", contender, repeat + 1)
+            load = os.getloadavg()[0]
             if contender == "a":
                 runs.append(run_latentmill(config_for(output), f"a-{repeat}"))
             else:
                 runs.append(run_peer(base_config, table, model, params, batch_size, peer, output, f"b-{repeat}"))
+            runs[-1]["load_average_before"] = load
+            runs[-1]["load_average_after"] = os.getloadavg()[0]
     if "c" in contenders:
         log.info("bench compare: contender c (denoiser alone, in-process)")
         runs.append(run_bound(model, params, args.rows, batch_size,
@@ -394,6 +399,10 @@ def compare_markdown(report: dict[str, Any]) -> str:
         ["denoiser actor / peer actor: peak RSS", r["denoise_actor_over_peer_actor_peak_rss"]],
         ["denoiser actor / peer actor: peak USS", r["denoise_actor_over_peer_actor_peak_uss"]],
     ]), ""]
+    run_rows = [[run["label"], run.get("wall_seconds"), run.get("first_output_seconds"), run.get("steady_rows_per_s"),
+                 run.get("load_average_before"), run.get("load_average_after")] for run in report["runs"]]
+    lines += [ar.markdown_table(["run", "wall s", "first output s", "steady rows/s", "load avg before",
+                                 "load avg after"], run_rows), ""]
     busy_rows = []
     for run in report["runs"]:
         for pool, values in (run.get("pools") or {}).items():

@@ -83,6 +83,9 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
     import ray.data
 
     ray.data.DataContext.get_current().wait_for_min_actors_s = 900
+    import os
+
+    load_before = os.getloadavg()[0]
     with ProcessMonitor(uss=False, interval=0.5) as monitor:
         started = time.perf_counter()
         summary = run_job(config, on_progress=lambda s: curve.append((time.perf_counter() - started, s.outputs_written)))
@@ -130,6 +133,8 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "memory": monitor.summary(["TextEncodeWorker", "DenoiseWorker", "DecodeWorker"]),
         "driver_peak_rss_mb": monitor.driver_peak_rss / 2**20,
         "curve": norm,
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg()[0],
     }
 
 
@@ -180,9 +185,10 @@ def scaling_markdown(report: dict[str, Any]) -> str:
             "/".join(ar.fmt(busy.get(s), 2) for s in ("encode", "denoise", "decode")) if busy else "n/a",
             (p["memory"].get("DenoiseWorker") or {}).get("peak_rss_mb"),
             p["driver_peak_rss_mb"],
+            f"{p.get('load_average_before', 0):.1f}/{p.get('load_average_after', 0):.1f}",
         ])
     headers = ["profile", "denoiser devices", "pools enc/den/dec (actors x GPU)", "rows", "pools up s",
                "first output s", "steady rows/s", "ideal rows/s", "efficiency", "vs linear from 1",
-               "busy enc/den/dec", "denoiser actor RSS MiB", "driver RSS MiB"]
+               "busy enc/den/dec", "denoiser actor RSS MiB", "driver RSS MiB", "load avg before/after"]
     return "\n".join([f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
                       ar.markdown_table(headers, rows), ""])

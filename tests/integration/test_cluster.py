@@ -1,9 +1,9 @@
-"""The cluster path: a local two-node Ray cluster, jobs submitted with `ray job submit`.
+"""The cluster path: a local two-node Ray cluster, the nightly job submitted with `ray job submit`.
 
 The head advertises what ray_cluster.yaml's gpu_small type does (a logical GPU and `small_gpu`), the second
 node what gpu_large does (a logical GPU and `large_gpu`); the job file is infra/job-cluster.yaml scaled
 down to this machine (same GPU and custom-resource requests, smaller CPU requests and pools). There is no
-real GPU, so the actors fall back to the CPU. Checked: the jobs end SUCCEEDED, their outputs, that every
+real GPU, so the actors fall back to the CPU. Checked: the job ends SUCCEEDED, its outputs, that every
 denoise actor ran on the large_gpu node and every encode/decode actor on the small_gpu one (Ray's state
 API), that each node's Prometheus endpoint served the stage metrics of the pools it hosted (scraped
 during the run, parsed with prometheus_client), and that the nightly job pushed its counts.
@@ -227,21 +227,3 @@ def test_nightly_job_pushed_its_counts(nightly_run, pushgateway):
     assert found[("latentmill_job_rows_total", "validate", "failed")] == 1
     assert found[("latentmill_job_rows_total", "denoise", "ok")] == len(GOOD)
     assert found[("latentmill_job_error_budget_exceeded", None, None)] == 0
-
-
-def test_synthesis_job_writes_n_samples_per_prompt(cluster, tmp_path_factory):
-    data = tmp_path_factory.mktemp("synth")
-    table = write_table(data / "prompts.parquet", [{"id": "p0", "prompt": GOOD[0]}, {"id": "p1", "prompt": GOOD[1]}])
-    job_file = scaled_job_file(data / "job.yaml")
-    samples = 3
-    result = run_job(cluster, "synth", [
-        "python", "-m", "latentmill.jobs.synthesize", "--input", str(table), "--output", str(data / "dataset"),
-        "--samples-per-prompt", str(samples), "--seed", "11", "--config", str(job_file), "--no-progress",
-    ])
-    assert result["status"] == "SUCCEEDED", result["logs"][-4000:]
-    manifest = read_folder(data / "dataset" / "manifest").to_pylist()
-    assert sorted(row["id"] for row in manifest) == [f"p{p}-s{k}" for p in range(2) for k in range(samples)]
-    assert sorted(row["sample_index"] for row in manifest) == sorted(list(range(samples)) * 2)
-    assert len({row["seed"] for row in manifest}) == 2 * samples, "every sample has its own seed"
-    assert len({row["sha256"] for row in manifest}) == 2 * samples, "every sample is a different image"
-    check_placement(cluster, result)
