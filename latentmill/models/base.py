@@ -117,14 +117,34 @@ class Family:
         return device, getattr(torch, dtype)
 
     def load_encoder(self, device: torch.device, dtype: torch.dtype) -> None:
+        """Tokenizer(s) and text encoder(s) only, as a partial diffusers pipeline."""
+        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str]):
+        """The family pipeline's own prompt encoding -> (positive, negative) embeddings."""
         raise NotImplementedError
+
+    def max_prompt_tokens(self) -> int:
+        return self.encode_pipe.tokenizer.model_max_length
 
     def encode(self, requests: list[Request]) -> EncodedPrompts:
-        raise NotImplementedError
+        import torch
+
+        prompts = [r.prompt for r in requests]
+        with torch.inference_mode():
+            positive, negative = self.encode_prompt(prompts, [r.negative_prompt for r in requests])
+        return EncodedPrompts(
+            tensors={
+                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
+                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
+            },
+            truncated=prompts_truncated(self.encode_pipe.tokenizer, prompts, self.max_prompt_tokens()),
+        )
 
     def load_denoiser(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Load the denoiser and scheduler only, as a diffusers pipeline in `self.denoise_pipe`."""
-        raise NotImplementedError
+        """The denoiser and scheduler only, as a partial diffusers pipeline in `self.denoise_pipe`."""
+        self.denoise_pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
+        self.denoise_dtype = dtype
 
     def latent_shape(self, request: Request) -> tuple[int, ...]:
         """Shape of one row's initial noise, without the batch axis."""

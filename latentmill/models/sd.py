@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from latentmill import schema
-from latentmill.models.base import EncodedPrompts, Family, Request, load_partial_pipeline, prompts_truncated
+from latentmill.models.base import Family, Request
 
 
 class StableDiffusion(Family):
@@ -32,35 +31,14 @@ class StableDiffusion(Family):
         channels = self.component_config("unet")["in_channels"]
         return (channels, request.height // factor, request.width // factor)
 
-    def load_encoder(self, device, dtype) -> None:
-        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
-
-    def encode(self, requests: list[Request]) -> EncodedPrompts:
-        import torch
-
+    def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe
-        prompts = [r.prompt for r in requests]
-        with torch.inference_mode():
-            positive, negative = pipe.encode_prompt(
-                prompts,
-                pipe.device,
-                1,
-                True,
-                negative_prompt=[r.negative_prompt for r in requests],
-            )
-        return EncodedPrompts(
-            tensors={
-                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
-                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
-            },
-            truncated=prompts_truncated(pipe.tokenizer, prompts, pipe.tokenizer.model_max_length),
-        )
+        return pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=negative_prompts)
 
     def load_denoiser(self, device, dtype) -> None:
-        pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
+        super().load_denoiser(device, dtype)
         # Without its VAE the pipeline would assume a factor of 8; use the checkpoint's own.
-        pipe.vae_scale_factor = self.vae_scale_factor()
-        self.denoise_pipe, self.denoise_dtype = pipe, dtype
+        self.denoise_pipe.vae_scale_factor = self.vae_scale_factor()
 
     def noise_dtype(self):
         return self.denoise_dtype

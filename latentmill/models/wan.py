@@ -6,8 +6,7 @@ from typing import Any
 
 import numpy as np
 
-from latentmill import schema
-from latentmill.models.base import EncodedPrompts, Family, Request, cpu_generator, load_partial_pipeline, prompts_truncated
+from latentmill.models.base import Family, Request, cpu_generator
 
 # The length the pipeline's own __call__ pads and truncates prompts to.
 MAX_SEQUENCE_LENGTH = 512
@@ -54,33 +53,18 @@ class Wan(Family):
     def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
         return {"num_frames": request.num_frames}
 
-    def load_encoder(self, device, dtype) -> None:
-        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
-
-    def encode(self, requests: list[Request]) -> EncodedPrompts:
-        import torch
-
+    def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe
-        prompts = [r.prompt for r in requests]
-        with torch.inference_mode():
-            positive, negative = pipe.encode_prompt(
-                prompt=prompts,
-                negative_prompt=[r.negative_prompt for r in requests],
-                do_classifier_free_guidance=True,
-                max_sequence_length=MAX_SEQUENCE_LENGTH,
-                device=pipe.device,
-            )
-        return EncodedPrompts(
-            tensors={
-                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
-                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
-            },
-            truncated=prompts_truncated(pipe.tokenizer, prompts, MAX_SEQUENCE_LENGTH),
+        return pipe.encode_prompt(
+            prompt=prompts,
+            negative_prompt=negative_prompts,
+            do_classifier_free_guidance=True,
+            max_sequence_length=MAX_SEQUENCE_LENGTH,
+            device=pipe.device,
         )
 
-    def load_denoiser(self, device, dtype) -> None:
-        self.denoise_pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
-        self.denoise_dtype = dtype
+    def max_prompt_tokens(self) -> int:
+        return MAX_SEQUENCE_LENGTH
 
     def load_decoder(self, device, dtype) -> None:
         from diffusers import AutoencoderKLWan
