@@ -378,9 +378,11 @@ def choose_batches(
 ) -> dict[str, int]:
     """A batch size per stage (see `choose_batch_size`); `fixed` ones are kept as given.
 
-    The denoiser's batch is chosen first and caps the encoder's: Ray Data hands a downstream actor
-    whole upstream blocks, so a text-encode batch larger than the denoiser's would give one denoiser
-    actor several of its batches in one block, run one after another while other denoisers idle.
+    The denoiser's batch is chosen first and caps the others: Ray Data hands a downstream actor whole
+    upstream blocks, so a text-encode batch larger than the denoiser's would give one denoiser actor
+    several of its batches in one block, run one after another while other denoisers idle; and a
+    decode batch larger than the denoiser's only waits for several denoiser blocks (later first output,
+    bursty flow) to save a fixed cost that is small next to the denoiser's anyway.
     """
     batches: dict[str, int] = {}
     for stage in ("denoise", "encode", "decode"):
@@ -390,7 +392,7 @@ def choose_batches(
         per_row = (row_bytes or {}).get(stage) or 0
         by_memory = max(1, int(max_block_bytes // per_row)) if per_row > 0 else None
         limit, options = max_batch, tuple(candidates)
-        if stage == "encode":
+        if stage != "denoise":
             limit = min(max_batch or batches["denoise"], batches["denoise"])
             options += (batches["denoise"],)
         batches[stage] = choose_batch_size(costs[stage], options, limit, overhead_share, call_overhead, by_memory)

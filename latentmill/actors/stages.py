@@ -19,7 +19,7 @@ from latentmill import schema
 from latentmill.config import HiddenOptions
 from latentmill.faults import FaultInjector
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
-from latentmill.models import ModelRef
+from latentmill.models import ModelError, ModelRef
 from latentmill.models.base import Request
 from latentmill.pipelines.validate import request_from_columns
 
@@ -34,10 +34,16 @@ class StageWorker:
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  metrics_job: str = DEFAULT_JOB) -> None:
         started = time.perf_counter()
-        self.family = model.family()
-        self.device, self.dtype = self.family.prepare_runtime(num_gpus, dtype, torch_threads)
         self.faults = FaultInjector(self.stage)
-        self.load()
+        try:
+            self.family = model.family()
+            self.device, self.dtype = self.family.prepare_runtime(num_gpus, dtype, torch_threads)
+            self.load()
+        except Exception as exc:
+            # The driver turns this (the last line of Ray's actor-death traceback) into the job's message.
+            detail = " ".join(str(exc).split())[:1000]
+            raise ModelError(f"the {self.stage} stage could not load the model {model.path}: "
+                             f"{type(exc).__name__}: {detail}") from exc
         self.load_seconds = time.perf_counter() - started
         log.info("%s worker loaded %s on %s in %.1fs", self.stage, model.path, self.device, self.load_seconds)
         self.metrics = StageMetrics(self.stage, model.path, metrics_job)

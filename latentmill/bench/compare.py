@@ -123,7 +123,9 @@ def run_latentmill(config, label: str) -> dict[str, Any]:
     ray.shutdown()
     result = _curve_stats(curve, wall)
     result.update(label=label, contender="a", summary_wall_seconds=summary.wall_seconds,
-                  rows_failed=summary.rows_failed, memory=monitor.summary(list(WORKER_KINDS)))
+                  rows_failed=summary.rows_failed, memory=monitor.summary(list(WORKER_KINDS)),
+                  cpu=monitor.cpu_summary())
+    result["cpu_seconds_per_row"] = ar.ratio(result["cpu"]["total"], result["rows"])
     manifest = read_manifest(Path(config.output.uri))
     pools = {stage: pool for stage, pool in config.stages.items()}
     busy: dict[str, Any] = {}
@@ -169,7 +171,9 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
         wall = time.perf_counter() - started
     ray.shutdown()
     result = _curve_stats(curve, wall)
-    result.update(label=label, contender="b", memory=monitor.summary(["PeerPipelineWorker"]))
+    result.update(label=label, contender="b", memory=monitor.summary(["PeerPipelineWorker"]),
+                  cpu=monitor.cpu_summary())
+    result["cpu_seconds_per_row"] = ar.ratio(result["cpu"]["total"], result["rows"])
     actors = resources["actors"]
     total = float(sum(seconds))
     pools = {"pipeline": {"actors": actors, "busy_seconds": total,
@@ -330,7 +334,8 @@ def summarize_compare(runs: list[dict[str, Any]], totals: dict[str, Any], peer: 
 
     contenders = {}
     for c in sorted(by):
-        contenders[c] = {key: med(c, key) for key in ("wall_seconds", "first_output_seconds", "steady_rows_per_s")}
+        contenders[c] = {key: med(c, key) for key in ("wall_seconds", "first_output_seconds", "steady_rows_per_s",
+                                                      "cpu_seconds_per_row")}
         contenders[c]["runs"] = len(by[c])
     denoise_devices = denoise_pool.min_size * (denoise_pool.num_gpus or denoise_pool.num_cpus or 1.0)
     if not denoise_pool.num_gpus:  # on CPU, a denoiser actor runs its torch threads, at most one core each
@@ -349,6 +354,7 @@ def summarize_compare(runs: list[dict[str, Any]], totals: dict[str, Any], peer: 
         "a_vs_b_wall_speedup": ar.speedup(med("b", "wall_seconds"), med("a", "wall_seconds")),
         "a_over_b_steady_rate": ar.ratio(med("a", "steady_rows_per_s"), med("b", "steady_rows_per_s")),
         "a_over_b_first_output": ar.ratio(med("a", "first_output_seconds"), med("b", "first_output_seconds")),
+        "a_over_b_cpu_seconds_per_row": ar.ratio(med("a", "cpu_seconds_per_row"), med("b", "cpu_seconds_per_row")),
         "a_over_c_steady_rate": ar.ratio(med("a", "steady_rows_per_s"),
                                          bound_rate * denoise_devices if bound_rate else None),
         "a_over_c_steady_rate_one_denoiser": ar.ratio(med("a", "steady_rows_per_s"), bound_rate),
@@ -383,25 +389,33 @@ def compare_markdown(report: dict[str, Any]) -> str:
     for key in ("a", "b", "c"):
         if key in c:
             rows.append([names[key], c[key]["runs"], c[key]["wall_seconds"], c[key]["first_output_seconds"],
-                         c[key]["steady_rows_per_s"]])
+                         c[key]["steady_rows_per_s"], c[key].get("cpu_seconds_per_row")])
     lines = [f"Model `{report['model']}`, {report['rows']} prompts, {report['params']}, "
              f"denoiser batch {report['batch_size']}.", "",
              f"Machine: {report['machine']}", "",
-             ar.markdown_table(["contender", "runs", "wall s", "first output s", "steady rows/s"], rows), ""]
+             ar.markdown_table(["contender", "runs", "wall s (median)", "first output s", "steady rows/s",
+                                "CPU s per row (all processes)"], rows), ""]
     r = report["ratios"]
     lines += [ar.markdown_table(["ratio", "value"], [
         ["a vs b: wall-time speedup (b wall / a wall)", r["a_vs_b_wall_speedup"]],
         ["a / b: steady rows/s", r["a_over_b_steady_rate"]],
         ["a / b: time to first output", r["a_over_b_first_output"]],
+        ["a / b: CPU seconds per row (all processes)", r.get("a_over_b_cpu_seconds_per_row")],
         [f"a / c: steady rows/s vs bound x {fmt_devices(r['denoiser_devices'])} denoiser device(s)",
          r["a_over_c_steady_rate"]],
         ["a / c: steady rows/s vs one bound denoiser", r["a_over_c_steady_rate_one_denoiser"]],
         ["denoiser actor / peer actor: peak RSS", r["denoise_actor_over_peer_actor_peak_rss"]],
         ["denoiser actor / peer actor: peak USS", r["denoise_actor_over_peer_actor_peak_uss"]],
     ]), ""]
-    run_rows = [[run["label"], run.get("wall_seconds"), run.get("first_output_seconds"), run.get("steady_rows_per_s"),
-                 run.get("load_average_before"), run.get("load_average_after")] for run in report["runs"]]
-    lines += [ar.markdown_table(["run", "wall s", "first output s", "steady rows/s", "load avg before",
+    run_rows = []
+    for run in report["runs"]:
+        cpu = run.get("cpu") or {}
+        kinds = ", ".join(f"{k} {v:.0f}" for k, v in sorted((cpu.get("by_kind") or {}).items()) if v >= 0.5)
+        run_rows.append([run["label"], run.get("wall_seconds"), run.get("first_output_seconds"),
+                         run.get("steady_rows_per_s"), run.get("cpu_seconds_per_row"), cpu.get("worker_processes"),
+                         kinds or "n/a", run.get("load_average_before"), run.get("load_average_after")])
+    lines += [ar.markdown_table(["run", "wall s", "first output s", "steady rows/s", "CPU s/row",
+                                 "Ray worker processes", "CPU s by process type", "load avg before",
                                  "load avg after"], run_rows), ""]
     busy_rows = []
     for run in report["runs"]:

@@ -38,6 +38,7 @@ class ProcessRecord:
     peak_rss: int = 0
     peak_uss: int = 0
     peak_gpu: int = 0
+    cpu_seconds: float = 0.0  # user + system, as last sampled
 
 
 @dataclass
@@ -49,6 +50,8 @@ class ProcessMonitor:
     gpu: bool = True
     records: dict[int, ProcessRecord] = field(default_factory=dict)
     driver_peak_rss: int = 0
+    other_cpu: dict[int, float] = field(default_factory=dict)  # Ray's own processes (raylet, gcs, ...)
+    driver_cpu_seconds: float = 0.0
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -58,13 +61,21 @@ class ProcessMonitor:
         self._last_gpu = 0.0
 
     def __enter__(self) -> "ProcessMonitor":
+        import psutil
+
         self._t0 = time.perf_counter()
+        times = psutil.Process(os.getpid()).cpu_times()
+        self._driver_cpu0 = times.user + times.system
         self._thread.start()
         return self
 
     def __exit__(self, *exc) -> None:
+        import psutil
+
         self._stop.set()
         self._thread.join(timeout=10)
+        times = psutil.Process(os.getpid()).cpu_times()
+        self.driver_cpu_seconds = times.user + times.system - self._driver_cpu0
 
     def _loop(self) -> None:
         import psutil
@@ -83,6 +94,8 @@ class ProcessMonitor:
                     if record is None:
                         kind = worker_kind(child.cmdline())
                         if kind is None:
+                            times = child.cpu_times()
+                            self.other_cpu[child.pid] = times.user + times.system
                             continue
                         record = self.records[child.pid] = ProcessRecord(child.pid, kind, now)
                     elif record.kind == "IDLE":  # a pooled worker that became an actor
@@ -95,6 +108,8 @@ class ProcessMonitor:
                     else:
                         info = child.memory_info()
                     record.peak_rss = max(record.peak_rss, info.rss)
+                    times = child.cpu_times()
+                    record.cpu_seconds = times.user + times.system
                 except psutil.Error:
                     continue
             if self._nvidia and now - self._last_gpu >= 1.0:
@@ -113,6 +128,21 @@ class ProcessMonitor:
                 return None
             times.append(seen[count - 1])
         return max(times) if times else None
+
+    def cpu_summary(self) -> dict[str, float | int]:
+        """CPU seconds (user + system) by process type, as last sampled; a process that exited loses at most
+        one sampling interval. 'ray' is Ray's own processes (raylet, GCS, agents); 'driver' is this process
+        (including the monitor's own sampling)."""
+        by_kind: dict[str, float] = {}
+        for record in self.records.values():
+            by_kind[record.kind] = by_kind.get(record.kind, 0.0) + record.cpu_seconds
+        by_kind["ray"] = sum(self.other_cpu.values())
+        by_kind["driver"] = self.driver_cpu_seconds
+        return {
+            "total": sum(by_kind.values()),
+            "by_kind": by_kind,
+            "worker_processes": sum(1 for r in self.records.values()),
+        }
 
     def summary(self, kinds: list[str] | None = None) -> dict[str, dict[str, float | int | None]]:
         """Per actor type: count, and the largest and mean peak RSS / USS / GPU memory in MiB."""

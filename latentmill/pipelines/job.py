@@ -213,14 +213,15 @@ def _root_cause(exc: BaseException) -> BaseException:
     seen = exc
     while True:
         inner = getattr(seen, "cause", None) or seen.__cause__
-        if inner is None or inner is seen:
+        # Ray Data chains empty markers (SystemException, UserCodeException) below the real error.
+        if inner is None or inner is seen or type(inner).__module__ == "ray.data.exceptions":
             return seen
         seen = inner
 
 
 def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """Run the job to the end and return its summary; raises JobError when it cannot finish."""
-    from latentmill.io.storage import resolve
+    from latentmill.io.storage import StorageError, resolve
     from latentmill.metrics import DriverMetrics, MetricsError
     from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
 
@@ -261,7 +262,10 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
         log.warning("the prompt table %s has no rows; nothing to do", config.input.uri)
     else:
         _stream(config, table, rules, model, options, state, writer, summary, started, on_progress, job_metrics)
-    writer.close()
+    try:
+        writer.close()
+    except StorageError as exc:
+        raise JobError(f"storage failed, job stopped: {exc}") from None
     summary.wall_seconds = time.perf_counter() - started
     if summary.rows_read != expected or not summary.balanced:
         raise JobError(
@@ -273,8 +277,11 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     writer.remove_parts(state.error_parts)
     summary.budget_exceeded = config.budget_exceeded(summary.rows_failed, summary.rows_read)
     payload = asdict(summary)
-    writer.write_json(f"runs/{run_id}.json", payload)
-    writer.write_json("summary.json", payload)
+    try:
+        writer.write_json(f"runs/{run_id}.json", payload)
+        writer.write_json("summary.json", payload)
+    except StorageError as exc:
+        raise JobError(f"storage failed, job stopped: {exc}") from None
     job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
 
@@ -289,7 +296,10 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.pipelines.plan import build_dataset
 
     init_ray(config)
-    ray.data.DataContext.get_current().enable_progress_bars = config.ray.progress_bars
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = config.ray.progress_bars
+    # A stage's own exception (a fatal StorageError) instead of Ray Data's message-less UserCodeException.
+    context.raise_original_map_exception = True
     ledger = start_ledger()
     done = ray.put(frozenset(state.done)) if state.done else None
     dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
@@ -302,12 +312,21 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
             if on_progress:
                 on_progress(summary)
     except Exception as exc:  # noqa: BLE001 - Ray wraps the cause; report it, not Ray's traceback
-        writer.close()  # keep what finished: a re-run resumes from it
+        try:
+            writer.close()  # keep what finished: a re-run resumes from it
+        except Exception as close_error:  # noqa: BLE001 - the error that stopped the job is the one to report
+            log.warning("could not write the results of the finished rows: %s", close_error)
         cause = _root_cause(exc)
         if isinstance(cause, StorageError):
             raise JobError(f"storage failed, job stopped: {cause}") from None
+        last_line = str(cause).strip().splitlines()[-1] if str(cause).strip() else ""
+        if "ModelError: " in last_line:  # a stage actor could not load its part of the model
+            raise JobError(
+                f"model could not be loaded, job stopped: {last_line.split('ModelError: ', 1)[1]}\n"
+                "Check the checkpoint's files (re-save it with save_pretrained, or download it again)"
+            ) from None
         raise JobError(
-            f"job stopped: {type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
+            f"job stopped: {type(cause).__name__}: {last_line}"
             f"\n{summary.outputs_written} output(s) were saved; re-run the same command to resume"
         ) from None
     finally:

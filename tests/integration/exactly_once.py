@@ -159,8 +159,12 @@ def session_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def stage_actors(stage_class: str) -> list[dict]:
-    """This session's actors of one stage worker class (e.g. "DenoiseWorker"), from the GCS."""
+def stage_actors(stage_class: str, this_driver: bool = True) -> list[dict]:
+    """Actors of one stage worker class (e.g. "DenoiseWorker") from the GCS: those of runs started in
+    this process (not those of CLI subprocesses attached to the same Ray), or all."""
+    import ray
     import ray._private.state
 
-    return [info for info in ray._private.state.actors().values() if stage_class in info["ActorClassName"]]
+    job = ray.get_runtime_context().get_job_id()
+    return [info for info in ray._private.state.actors().values()
+            if stage_class in info["ActorClassName"] and (not this_driver or info["JobID"] == job)]

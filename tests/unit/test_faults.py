@@ -290,3 +290,45 @@ def test_non_fatal_storage_error_is_a_row_error(monkeypatch, tmp_path):
     out = worker(latents)
     assert outcomes(out)["b"][:2] == ("decode", "StorageError")
     assert_written(out, tmp_path, {"a", "c"})
+
+
+# --------------------------------------------------------------------------------------------
+# a model that cannot load; the error the driver reports
+# --------------------------------------------------------------------------------------------
+
+
+class UnloadableModel:
+    path = "/models/broken"
+
+    def family(self):
+        raise OSError("Unable to load weights from checkpoint file for '/models/broken/unet/x.safetensors'")
+
+
+def test_a_stage_that_cannot_load_the_model_names_the_stage_and_the_model(monkeypatch):
+    from latentmill.actors.stages import DenoiseWorker
+    from latentmill.models import ModelError
+
+    monkeypatch.delenv(ENV, raising=False)
+    with pytest.raises(ModelError) as caught:
+        DenoiseWorker(UnloadableModel(), num_gpus=0, dtype="float32", torch_threads=1)
+    assert str(caught.value) == (
+        "the denoise stage could not load the model /models/broken: OSError: Unable to load weights from "
+        "checkpoint file for '/models/broken/unet/x.safetensors'"
+    )
+
+
+def test_the_reported_cause_skips_ray_datas_empty_markers():
+    from latentmill.pipelines.job import _root_cause
+
+    marker = type("SystemException", (Exception,), {"__module__": "ray.data.exceptions"})
+    actor_died = RuntimeError("The actor died ...\nlatentmill.models.ModelError: the denoise stage could not load")
+    actor_died.__cause__ = marker()
+    assert _root_cause(actor_died) is actor_died
+
+    class TaskError(Exception):  # like RayTaskError: the user's exception in .cause
+        def __init__(self, cause):
+            super().__init__("wrapped")
+            self.cause = cause
+
+    inner = ValueError("the real problem")
+    assert _root_cause(TaskError(inner)) is inner

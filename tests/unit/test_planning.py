@@ -61,12 +61,14 @@ def test_batch_size_amortises_fixed_cost():
     assert choose_batch_size(StageCost(1.0, 1.0), max_rows_by_memory=3) == 2
 
 
-def test_encode_batch_never_exceeds_the_denoisers():
+def test_encode_and_decode_batches_never_exceed_the_denoisers():
     batches = choose_batches(SDXL, fixed={"denoise": 4})
-    assert batches == {"encode": 4, "denoise": 4, "decode": 16}
+    assert batches == {"encode": 4, "denoise": 4, "decode": 4}
+    assert choose_batches(SDXL, fixed={"denoise": 16})["decode"] == 16
+    assert choose_batches(SDXL, fixed={"denoise": 6})["encode"] == 6
     # Memory caps a stage's batch: 100 MB per row and a 256 MiB block -> 2 rows.
-    video = choose_batches({**SDXL, "decode": StageCost(1.0, 1.0)}, row_bytes={"decode": 100e6}, fixed={"denoise": 1})
-    assert video["encode"] == 1 and video["decode"] == 2
+    video = choose_batches({**SDXL, "denoise": StageCost(1.0, 1.0)}, row_bytes={"denoise": 100e6})
+    assert video == {"encode": 2, "denoise": 2, "decode": 2}
 
 
 def test_pool_for_share_rounds_up_on_the_grid():
