@@ -11,12 +11,12 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def run(input: str, output: str, model: str | None = None, config: str | Path | None = None,
+def run(input_uri: str, output_uri: str, model: str | None = None, config: str | Path | None = None,
         **sections: dict[str, Any]) -> RunSummary:
     """The `latentmill run` command from Python.
 
-    `sections` override job-file sections, e.g. `defaults={"num_inference_steps": 20}` or
-    `stages={"denoise": {"size": 4, "num_gpus": 1}}`. Raises ConfigError or JobError with the
+    `sections` override job-file sections, e.g. `defaults={"num_inference_steps": 20}`,
+    `output={"image_format": "webp"}` or `stages={"denoise": {"size": 4, "num_gpus": 1}}`. Raises ConfigError or JobError with the
     same messages the command prints.
 
     >>> summary = latentmill.run("prompts.parquet", "s3://renders/today", model="/models/sd15")
@@ -25,8 +25,8 @@ def run(input: str, output: str, model: str | None = None, config: str | Path | 
     from latentmill.pipelines.job import run_job
 
     overrides: dict[str, Any] = {key: dict(value) for key, value in sections.items()}
-    overrides.setdefault("input", {})["uri"] = input
-    overrides.setdefault("output", {})["uri"] = output
+    overrides.setdefault("input", {})["uri"] = input_uri
+    overrides.setdefault("output", {})["uri"] = output_uri
     if model is not None:
         overrides.setdefault("model", {})["path"] = model
     return run_job(load_config(config, overrides))
