@@ -47,19 +47,23 @@ def profile_row_bytes(name: str) -> dict[str, float]:
     return {"encode": 2 * tokens * width * 4, "denoise": latent * 2, "decode": 0}
 
 
-def scaling_point(profile_name: str, devices: int, batches_per_device: int, out: Path,
-                  headroom: float = 0.15, time_scale: float = 1.0) -> dict[str, Any]:
-    import ray
-
-    from latentmill.bench.monitor import ProcessMonitor
-    from latentmill.config import load_config
-    from latentmill.pipelines.job import run_job
+def point_plan(profile_name: str, devices: int, headroom: float = 0.15, time_scale: float = 1.0):
     from latentmill.planning import choose_batches, size_for_denoisers
 
     profile, costs = profile_costs(profile_name, time_scale)
-    model = f"builtin:sim-{profile_name}" + (f"@{time_scale:g}" if time_scale != 1.0 else "")
     batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
-    plan = size_for_denoisers(costs, batches, devices, headroom=headroom)
+    return size_for_denoisers(costs, batches, devices, headroom=headroom)
+
+
+def scaling_point(profile_name: str, devices: int, batches_per_device: int, out: Path,
+                  headroom: float = 0.15, time_scale: float = 1.0) -> dict[str, Any]:
+    from latentmill.bench.monitor import ProcessMonitor
+    from latentmill.config import load_config
+    from latentmill.pipelines.job import run_job
+
+    profile, costs = profile_costs(profile_name, time_scale)
+    model = f"builtin:sim-{profile_name}" + (f"@{time_scale:g}" if time_scale != 1.0 else "")
+    plan = point_plan(profile_name, devices, headroom, time_scale)
     stages = plan.stages_section(cpus_per_actor=0.01)
     rows = devices * profile.denoise_batch * batches_per_device
     table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows)
@@ -90,7 +94,6 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         started = time.perf_counter()
         summary = run_job(config, on_progress=lambda s: curve.append((time.perf_counter() - started, s.outputs_written)))
         wall = time.perf_counter() - started
-    ray.shutdown()
     expected = {"TextEncodeWorker": plan.pools["encode"].size, "DenoiseWorker": devices,
                 "DecodeWorker": plan.pools["decode"].size}
     up = monitor.up_at(expected)
@@ -132,6 +135,8 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "busy_fraction_steady": busy,
         "memory": monitor.summary(["TextEncodeWorker", "DenoiseWorker", "DecodeWorker"]),
         "driver_peak_rss_mb": monitor.driver_peak_rss / 2**20,
+        "cpu": monitor.cpu_summary(),
+        "cpu_seconds_per_row": ar.ratio(monitor.cpu_summary()["total"], rows),
         "curve": norm,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
@@ -141,17 +146,27 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
 def run_scaling(args) -> dict[str, Any]:
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
+    import ray
+
     profiles = [p.strip() for p in args.profiles.split(",") if p.strip()]
     device_counts = [int(d) for d in args.devices.split(",") if d.strip()]
+    # One local Ray instance for every point, with logical GPUs for the largest plan: starting Ray
+    # again for each point costs time and, on a loaded machine, sometimes fails to start at all.
+    gpus = max(math.ceil(point_plan(p, d, time_scale=args.time_scale).devices_used + 1e-9)
+               for p in profiles for d in device_counts)
+    ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=True)
     points = []
-    for profile in profiles:
-        for devices in device_counts:
-            point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale)
-            log.info("bench scaling: %s x%d: %.3g rows/s steady, efficiency %s", profile, devices,
-                     point["steady_rows_per_s"] or 0, ar.fmt(point["efficiency"]))
-            points.append(point)
-            # Partial results survive an interrupted run.
-            _write(out, points, args)
+    try:
+        for profile in profiles:
+            for devices in device_counts:
+                point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale)
+                log.info("bench scaling: %s x%d: %.3g rows/s steady, efficiency %s", profile, devices,
+                         point["steady_rows_per_s"] or 0, ar.fmt(point["efficiency"]))
+                points.append(point)
+                # Partial results survive an interrupted run.
+                _write(out, points, args)
+    finally:
+        ray.shutdown()
     return _write(out, points, args)
 
 

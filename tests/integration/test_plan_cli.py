@@ -37,7 +37,9 @@ def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
     assert set(stages) == {"encode", "denoise", "decode"}
     assert sum(s["size"] * s["num_cpus"] for s in stages.values()) <= 2 + 1e-6
     assert stages["encode"]["batch_size"] <= stages["denoise"]["batch_size"]
-    assert document["plan"]["calibration"]["costs"]["denoise"]["t1"] > 0
+    denoise_cost = document["plan"]["calibration"]["costs"]["denoise"]
+    # The fitted split of a batch's time into t0 + batch x t1 depends on machine load; its sum must not.
+    assert denoise_cost["t0"] >= 0 and denoise_cost["t1"] >= 0 and denoise_cost["t0"] + denoise_cost["t1"] > 0
 
     table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(12)])
     out = tmp_path / "out"
