@@ -128,3 +128,13 @@ def test_help_is_instant_and_lists_the_run_flags():
         assert flag in result.stdout
     imported = result.stderr
     assert " torch" not in imported and " ray" not in imported and " diffusers" not in imported
+
+
+def test_models_init_tiny_writes_loadable_checkpoints(tmp_path, capsys):
+    from latentmill.models import resolve_model
+
+    assert main(["models", "init-tiny", str(tmp_path / "models")]) == 0
+    printed = capsys.readouterr().out
+    for name, pipeline in (("tiny-image", "StableDiffusionPipeline"), ("tiny-video", "WanPipeline")):
+        assert f"{name}: {tmp_path / 'models' / name}" in printed
+        assert resolve_model(str(tmp_path / "models" / name)).pipeline_class == pipeline
