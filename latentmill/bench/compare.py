@@ -122,6 +122,9 @@ def run_latentmill(config, label: str) -> dict[str, Any]:
         wall = time.perf_counter() - started
     ray.shutdown()
     result = _curve_stats(curve, wall)
+    if result["steady_window"]:
+        start, end, rows = result["steady_window"]
+        result["steady_cpu_seconds_per_row"] = ar.ratio(monitor.cpu_between(start, end), rows)
     result.update(label=label, contender="a", summary_wall_seconds=summary.wall_seconds,
                   rows_failed=summary.rows_failed, memory=monitor.summary(list(WORKER_KINDS)),
                   cpu=monitor.cpu_summary())
@@ -171,6 +174,9 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
         wall = time.perf_counter() - started
     ray.shutdown()
     result = _curve_stats(curve, wall)
+    if result["steady_window"]:
+        start, end, rows = result["steady_window"]
+        result["steady_cpu_seconds_per_row"] = ar.ratio(monitor.cpu_between(start, end), rows)
     result.update(label=label, contender="b", memory=monitor.summary(["PeerPipelineWorker"]),
                   cpu=monitor.cpu_summary())
     result["cpu_seconds_per_row"] = ar.ratio(result["cpu"]["total"], result["rows"])
@@ -335,7 +341,7 @@ def summarize_compare(runs: list[dict[str, Any]], totals: dict[str, Any], peer: 
     contenders = {}
     for c in sorted(by):
         contenders[c] = {key: med(c, key) for key in ("wall_seconds", "first_output_seconds", "steady_rows_per_s",
-                                                      "cpu_seconds_per_row")}
+                                                      "cpu_seconds_per_row", "steady_cpu_seconds_per_row")}
         contenders[c]["runs"] = len(by[c])
     denoise_devices = denoise_pool.min_size * (denoise_pool.num_gpus or denoise_pool.num_cpus or 1.0)
     if not denoise_pool.num_gpus:  # on CPU, a denoiser actor runs its torch threads, at most one core each
@@ -389,12 +395,14 @@ def compare_markdown(report: dict[str, Any]) -> str:
     for key in ("a", "b", "c"):
         if key in c:
             rows.append([names[key], c[key]["runs"], c[key]["wall_seconds"], c[key]["first_output_seconds"],
-                         c[key]["steady_rows_per_s"], c[key].get("cpu_seconds_per_row")])
+                         c[key]["steady_rows_per_s"], c[key].get("cpu_seconds_per_row"),
+                         c[key].get("steady_cpu_seconds_per_row")])
     lines = [f"Model `{report['model']}`, {report['rows']} prompts, {report['params']}, "
              f"denoiser batch {report['batch_size']}.", "",
              f"Machine: {report['machine']}", "",
              ar.markdown_table(["contender", "runs", "wall s (median)", "first output s", "steady rows/s",
-                                "CPU s per row (all processes)"], rows), ""]
+                                "CPU s per row (all processes, whole run)", "CPU s per row (steady window)"],
+                               rows), ""]
     r = report["ratios"]
     lines += [ar.markdown_table(["ratio", "value"], [
         ["a vs b: wall-time speedup (b wall / a wall)", r["a_vs_b_wall_speedup"]],

@@ -52,6 +52,8 @@ class ProcessMonitor:
     driver_peak_rss: int = 0
     other_cpu: dict[int, float] = field(default_factory=dict)  # Ray's own processes (raylet, gcs, ...)
     driver_cpu_seconds: float = 0.0
+    cpu_series: list[tuple[float, float]] = field(default_factory=list)  # (t, CPU seconds of the whole tree)
+    kind_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (t, CPU seconds by type)
 
     def __post_init__(self) -> None:
         self._stop = threading.Event()
@@ -112,12 +114,45 @@ class ProcessMonitor:
                     record.cpu_seconds = times.user + times.system
                 except psutil.Error:
                     continue
+            try:
+                mine = me.cpu_times()
+                tree = (mine.user + mine.system - self._driver_cpu0 + sum(self.other_cpu.values())
+                        + sum(r.cpu_seconds for r in self.records.values()))
+                self.cpu_series.append((now, tree))
+                kinds: dict[str, float] = {"driver": mine.user + mine.system - self._driver_cpu0,
+                                           "ray": sum(self.other_cpu.values())}
+                for record in self.records.values():
+                    kinds[record.kind] = kinds.get(record.kind, 0.0) + record.cpu_seconds
+                self.kind_series.append((now, kinds))
+            except psutil.Error:
+                pass
             if self._nvidia and now - self._last_gpu >= 1.0:
                 self._last_gpu = now
                 for pid, used in _gpu_memory_by_pid().items():
                     if pid in self.records:
                         self.records[pid].peak_gpu = max(self.records[pid].peak_gpu, used)
             self._stop.wait(self.interval)
+
+    def cpu_between(self, start: float, end: float) -> float | None:
+        """CPU seconds the whole process tree used between two times (seconds since the monitor started).
+
+        Sampled, so a process that starts and ends between two samples is missed; good for windows of
+        many sampling intervals.
+        """
+        before = [cpu for t, cpu in self.cpu_series if t <= start]
+        after = [cpu for t, cpu in self.cpu_series if t >= end]
+        if not before or not after:
+            return None
+        return after[0] - before[-1]
+
+    def cpu_between_by_kind(self, start: float, end: float) -> dict[str, float]:
+        """CPU seconds by process type between two times (see `cpu_between`)."""
+        before = [kinds for t, kinds in self.kind_series if t <= start]
+        after = [kinds for t, kinds in self.kind_series if t >= end]
+        if not before or not after:
+            return {}
+        first, last = before[-1], after[0]
+        return {kind: last[kind] - first.get(kind, 0.0) for kind in last}
 
     def up_at(self, expected: dict[str, int]) -> float | None:
         """Seconds (since the monitor started) when every kind had its expected count of processes."""

@@ -2,7 +2,9 @@
 
 For each profile and each device count N, the denoiser pool gets N whole (logical) GPUs and the other
 two pools are sized by `latentmill.planning.size_for_denoisers` to keep up with them (in GPU fractions;
-a simulated actor on a fraction f of a device runs f times as fast). The local Ray instance declares
+a simulated actor on a fraction f of a device runs f times as fast), on their simulated device time plus
+the host time an actor spends around it (per batch: Ray's hand-off; per decoded row: media encoding and
+the write, measured at start), with 15% headroom. The local Ray instance declares
 enough logical GPUs for the plan. The stages sleep, so the only real CPU work is latentmill's and Ray's
 own: moving real-sized tensors through the object store, scheduling, writing media and the manifest.
 
@@ -47,23 +49,57 @@ def profile_row_bytes(name: str) -> dict[str, float]:
     return {"encode": 2 * tokens * width * 4, "denoise": latent * 2, "decode": 0}
 
 
-def point_plan(profile_name: str, devices: int, headroom: float = 0.15, time_scale: float = 1.0):
-    from latentmill.planning import choose_batches, size_for_denoisers
+# Host-side time an actor spends per batch outside the simulated device (Ray task hand-off, block
+# conversion, the worker's bookkeeping), measured on this machine as the gap between a lone simulated
+# denoiser's batch time and its sleep (about 18 ms per batch, quiet machine); rounded up.
+CALL_OVERHEAD_S = 0.025
+
+
+def host_row_seconds(profile_name: str) -> dict[str, float]:
+    """Host time per row that the decode actor adds to its simulated VAE: media encoding and the write."""
+    import tempfile
+
+    import numpy as np
+
+    from latentmill.io import media, storage
+    from latentmill.models.simulated import SIMULATED_PROFILES
+
+    video = SIMULATED_PROFILES[profile_name].is_video
+    frames = np.zeros((2 if video else 1, 16, 16, 3), dtype=np.uint8)
+    with tempfile.TemporaryDirectory() as folder:
+        fs, root = storage.resolve(folder, {})
+        started = time.perf_counter()
+        repeats = 5
+        for i in range(repeats):
+            data = media.encode_video(frames, 16.0, "mp4") if video else media.encode_image(frames[0], "png")
+            storage.put_bytes(fs, storage.join(root, f"probe-{i}"), data)
+        per_row = (time.perf_counter() - started) / repeats
+    return {"encode": 0.0, "denoise": 0.0, "decode": per_row}
+
+
+def point_plan(profile_name: str, devices: int, headroom: float = 0.15, time_scale: float = 1.0,
+               host: dict[str, float] | None = None):
+    """Denoisers fixed at `devices`; the other pools sized on device time plus host time per batch and row."""
+    from latentmill.planning import StageCost, choose_batches, size_for_denoisers
 
     profile, costs = profile_costs(profile_name, time_scale)
     batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
-    return size_for_denoisers(costs, batches, devices, headroom=headroom)
+    host = host or {}
+    sizing = {stage: StageCost(cost.t0 + CALL_OVERHEAD_S, cost.t1 + host.get(stage, 0.0)) for stage, cost in costs.items()}
+    sizing["denoise"] = costs["denoise"]  # the denoisers are given, not sized
+    return size_for_denoisers(sizing, batches, devices, headroom=headroom)
 
 
 def scaling_point(profile_name: str, devices: int, batches_per_device: int, out: Path,
-                  headroom: float = 0.15, time_scale: float = 1.0) -> dict[str, Any]:
+                  headroom: float = 0.15, time_scale: float = 1.0, host: dict[str, float] | None = None
+                  ) -> dict[str, Any]:
     from latentmill.bench.monitor import ProcessMonitor
     from latentmill.config import load_config
     from latentmill.pipelines.job import run_job
 
     profile, costs = profile_costs(profile_name, time_scale)
     model = f"builtin:sim-{profile_name}" + (f"@{time_scale:g}" if time_scale != 1.0 else "")
-    plan = point_plan(profile_name, devices, headroom, time_scale)
+    plan = point_plan(profile_name, devices, headroom, time_scale, host)
     stages = plan.stages_section(cpus_per_actor=0.01)
     rows = devices * profile.denoise_batch * batches_per_device
     table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows)
@@ -116,6 +152,7 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "profile": profile_name,
         "model": model,
         "time_scale": time_scale,
+        "sizing_host_seconds": {"per_batch": CALL_OVERHEAD_S, "per_row": host or {}},
         "denoise_batch_seconds": costs["denoise"].batch_seconds(profile.denoise_batch),
         "devices": devices,
         "rows": rows,
@@ -137,6 +174,12 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "driver_peak_rss_mb": monitor.driver_peak_rss / 2**20,
         "cpu": monitor.cpu_summary(),
         "cpu_seconds_per_row": ar.ratio(monitor.cpu_summary()["total"], rows),
+        # The pipeline's own CPU cost per row in the steady state (the stages sleep): the cores it
+        # needs per row/s. The monitor's clock started just before `started`.
+        "steady_cpu_seconds_per_row": ar.ratio(monitor.cpu_between(window[0], window[1]), window[2]) if window else None,
+        "steady_cpu_seconds_per_row_by_kind": {
+            kind: seconds / window[2] for kind, seconds in monitor.cpu_between_by_kind(window[0], window[1]).items()
+        } if window else None,
         "curve": norm,
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
@@ -152,14 +195,16 @@ def run_scaling(args) -> dict[str, Any]:
     device_counts = [int(d) for d in args.devices.split(",") if d.strip()]
     # One local Ray instance for every point, with logical GPUs for the largest plan: starting Ray
     # again for each point costs time and, on a loaded machine, sometimes fails to start at all.
-    gpus = max(math.ceil(point_plan(p, d, time_scale=args.time_scale).devices_used + 1e-9)
+    host = {p: host_row_seconds(p) for p in profiles}
+    gpus = max(math.ceil(point_plan(p, d, time_scale=args.time_scale, host=host[p]).devices_used + 1e-9)
                for p in profiles for d in device_counts)
     ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=True)
     points = []
     try:
         for profile in profiles:
             for devices in device_counts:
-                point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale)
+                point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale,
+                                      host=host[profile])
                 log.info("bench scaling: %s x%d: %.3g rows/s steady, efficiency %s", profile, devices,
                          point["steady_rows_per_s"] or 0, ar.fmt(point["efficiency"]))
                 points.append(point)
@@ -200,10 +245,13 @@ def scaling_markdown(report: dict[str, Any]) -> str:
             "/".join(ar.fmt(busy.get(s), 2) for s in ("encode", "denoise", "decode")) if busy else "n/a",
             (p["memory"].get("DenoiseWorker") or {}).get("peak_rss_mb"),
             p["driver_peak_rss_mb"],
+            p.get("steady_cpu_seconds_per_row"),
+            (p["steady_rows_per_s"] or 0) * (p.get("steady_cpu_seconds_per_row") or 0) or None,
             f"{p.get('load_average_before', 0):.1f}/{p.get('load_average_after', 0):.1f}",
         ])
     headers = ["profile", "denoiser devices", "pools enc/den/dec (actors x GPU)", "rows", "pools up s",
                "first output s", "steady rows/s", "ideal rows/s", "efficiency", "vs linear from 1",
-               "busy enc/den/dec", "denoiser actor RSS MiB", "driver RSS MiB", "load avg before/after"]
+               "busy enc/den/dec", "denoiser actor RSS MiB", "driver RSS MiB", "steady CPU s/row (all processes)",
+               "CPU cores busy (steady)", "load avg before/after"]
     return "\n".join([f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
                       ar.markdown_table(headers, rows), ""])
