@@ -237,6 +237,45 @@ def _pools_for_rate(
     return pools
 
 
+# Ray Data keeps a couple of tasks in flight per actor and every task's completion goes through the
+# driver's scheduling loop, so one actor completes at most a few tasks per second however cheap they
+# are (measured: about 7.5/s for a 2 ms simulated text encoder on the 2-core development machine).
+# Cheap stages therefore need batches large enough (or enough actors) to stay under this rate.
+MAX_TASKS_PER_ACTOR_S = 4.0
+
+
+def _fit_task_rate(
+    pools: dict[str, tuple[int, float]],
+    batches: dict[str, int],
+    rate: float,
+    max_batch: int,
+    max_tasks_per_actor_s: float,
+    grid: float,
+    may_grow_share: bool,
+) -> tuple[dict[str, tuple[int, float]], dict[str, int]]:
+    """Grow encode/decode batches (by doubling, keeping them multiples of the denoiser's), then split
+    their device share over more actors, until no actor needs more than `max_tasks_per_actor_s` tasks/s.
+
+    Splitting rounds each actor's share up to the grid, so the pool's total share can grow; under a
+    fixed budget (`may_grow_share` False) a pool is split only as far as its total share allows.
+    """
+    pools, batches = dict(pools), dict(batches)
+    for stage in ("encode", "decode"):
+        size, share = pools[stage]
+        while rate / (batches[stage] * size) > max_tasks_per_actor_s and batches[stage] * 2 <= max_batch:
+            batches[stage] *= 2
+        needed = math.ceil(rate / (batches[stage] * max_tasks_per_actor_s) - EPS)
+        total = size * share
+        if not may_grow_share:
+            needed = min(needed, math.floor(total / grid + EPS))
+        if needed > size:
+            per_actor = max(grid, math.ceil(total / needed / grid - EPS) * grid)
+            if not may_grow_share:
+                per_actor = math.floor(total / needed / grid + EPS) * grid
+            pools[stage] = (needed, min(1.0, per_actor))
+    return pools, batches
+
+
 def _finish(
     pools: dict[str, tuple[int, float]],
     row_seconds: dict[str, float],
@@ -277,14 +316,31 @@ def _check_costs(costs: dict[str, StageCost], batches: dict[str, int]) -> dict[s
     return row_seconds
 
 
-def recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget) -> Plan:
-    """Pool sizes and device shares that maximise rows/s within the budget (see the module doc)."""
+def recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget,
+              max_tasks_per_actor_s: float | None = MAX_TASKS_PER_ACTOR_S, max_batch: int = 32) -> Plan:
+    """Pool sizes and device shares that maximise rows/s within the budget (see the module doc).
+
+    With `max_tasks_per_actor_s`, the encode and decode batches (then actor counts) grow until no actor
+    has to complete more tasks per second than that; None leaves the batches as given.
+    """
+    plan = _recommend(costs, batches, budget)
+    if not max_tasks_per_actor_s:
+        return plan
+    pools = {stage: (pool.size, pool.device_share) for stage, pool in plan.pools.items()}
+    fitted, grown = _fit_task_rate(pools, batches, plan.throughput_rows_s, max_batch, max_tasks_per_actor_s,
+                                   budget.fraction_grid, may_grow_share=False)
+    if fitted == pools and grown == batches:
+        return plan
+    return _finish(fitted, _check_costs(costs, grown), grown, budget, costs)
+
+
+def _recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget) -> Plan:
     row_seconds = _check_costs(costs, batches)
     whole = budget.whole_denoisers
     minimum = {s: (1, 1.0 if (whole and s == "denoise") else budget.fraction_grid) for s in STAGES}
     if sum(n * f for n, f in minimum.values()) > budget.devices + EPS:
         if whole:  # a single device too small for a whole denoiser plus the others: share it
-            return recommend(costs, batches, Budget(**{**asdict(budget), "whole_denoise_devices": False}))
+            return _recommend(costs, batches, Budget(**{**asdict(budget), "whole_denoise_devices": False}))
         raise PlanError(
             f"a budget of {budget.devices:g} {budget.kind.upper()}s cannot hold three pools at the minimum "
             f"share of {budget.fraction_grid:g}; lower --fraction-grid or raise the budget"
@@ -345,6 +401,8 @@ def size_for_denoisers(
     fraction_grid: float = 0.125,
     headroom: float = 0.1,
     kind: str = "gpu",
+    max_tasks_per_actor_s: float | None = MAX_TASKS_PER_ACTOR_S,
+    max_batch: int = 32,
 ) -> Plan:
     """`denoisers` whole devices for the denoiser, the other pools sized to keep up with them.
 
@@ -356,6 +414,10 @@ def size_for_denoisers(
     rate = denoisers / row_seconds["denoise"]
     probe = Budget(devices=1e9, kind=kind, fraction_grid=fraction_grid, headroom=headroom)
     pools = _pools_for_rate(rate, row_seconds, batches, probe, True, fixed_denoisers=denoisers)
+    if max_tasks_per_actor_s:
+        pools, batches = _fit_task_rate(pools, batches, rate, max_batch, max_tasks_per_actor_s, fraction_grid,
+                                        may_grow_share=True)
+        row_seconds = _check_costs(costs, batches)
     budget = Budget(
         devices=sum(n * f for n, f in pools.values()),
         kind=kind,

@@ -66,12 +66,28 @@ def steady_window(curve: Curve, lo: float = 0.2, hi: float = 0.9, not_before: fl
 
 
 def steady_rate(curve: Curve, lo: float = 0.2, hi: float = 0.9, not_before: float | None = None) -> float | None:
-    """Rows per second in the steady-state window (see `steady_window`)."""
+    """Rows per second in the steady-state window (see `steady_window`): the least-squares slope of the
+    cumulative rows over the arrivals in the window, which a burst at either end moves less than the
+    two-point rate (rows in window / its duration) does."""
     window = steady_window(curve, lo, hi, not_before)
     if window is None:
         return None
-    start, end, rows = window
-    return rows / (end - start)
+    start, end, _ = window
+    points = [(t, n) for t, n in curve if start <= t <= end]
+    if len(points) < 3:
+        return window[2] / (end - start)
+    return slope(points)
+
+
+def slope(points: Sequence[tuple[float, float]]) -> float:
+    """Least-squares slope of y over x."""
+    n = len(points)
+    mean_x = sum(x for x, _ in points) / n
+    mean_y = sum(y for _, y in points) / n
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    if sxx == 0:
+        raise ValueError("slope of points that share one x")
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
 
 
 def busy_fraction(busy_seconds: float, actors: float, seconds: float) -> float | None:

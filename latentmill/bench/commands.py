@@ -18,6 +18,8 @@ def bench_command(args) -> int:
 
         run_scaling(args)
         name = "scaling"
+    elif kind == "report":
+        return _report(Path(args.results))
     elif kind == "driver-memory":
         from latentmill.bench.driver_memory import run_driver_memory
 
@@ -29,4 +31,27 @@ def bench_command(args) -> int:
     out = Path(args.out)
     print((out / f"{name}.md").read_text())
     print(f"results: {out / (name + '.json')}, {out / (name + '.md')}")
+    return 0
+
+
+def _report(path: Path) -> int:
+    """Re-derive the steady-state figures of a compare.json or scaling.json from its arrival curves and
+    rewrite the Markdown next to it."""
+    import json
+
+    report = json.loads(path.read_text())
+    if "points" in report and "linearity" in report:
+        from latentmill.bench.scaling import rederive, scaling_markdown
+
+        markdown = scaling_markdown(rederive(report))
+    elif "runs" in report:
+        from latentmill.bench.compare import compare_markdown, rederive
+
+        markdown = compare_markdown(rederive(report))
+    else:
+        print(f"latentmill: {path} is not a compare.json or scaling.json", file=sys.stderr)
+        return 2
+    path.write_text(json.dumps(report, indent=2, default=str))
+    path.with_suffix(".md").write_text(markdown)
+    print(markdown)
     return 0

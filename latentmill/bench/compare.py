@@ -103,7 +103,7 @@ def _curve_stats(curve: list[tuple[float, int]], wall: float, not_before: float 
         "rows": curve[-1][1] if curve else 0,
         "wall_seconds": wall,
         "first_output_seconds": ar.first_output_seconds(curve) if curve else None,
-        "steady_rows_per_s": (window[2] / (window[1] - window[0])) if window else None,
+        "steady_rows_per_s": ar.steady_rate(curve, not_before=not_before) if window else None,
         "steady_window": list(window) if window else None,
         "curve": curve,
     }
@@ -444,3 +444,18 @@ def compare_markdown(report: dict[str, Any]) -> str:
 
 def fmt_devices(value: float) -> str:
     return f"{value:g}"
+
+
+def rederive(report: dict[str, Any]) -> dict[str, Any]:
+    """Steady-state figures again from the recorded arrival curves (after a change of the estimator)."""
+    for run in report["runs"]:
+        if run.get("curve"):
+            run["steady_rows_per_s"] = ar.steady_rate(ar.normalize_curve(run["curve"]))
+    stages = report.get("stages") or {}
+    from latentmill.config import PoolSettings
+
+    denoise = PoolSettings(**(stages.get("denoise") or {}))
+    fresh = summarize_compare(report["runs"], report["resources"]["latentmill"], report["resources"]["peer"],
+                              denoise, stages)
+    report.update(contenders=fresh["contenders"], ratios=fresh["ratios"], memory=fresh["memory"])
+    return report

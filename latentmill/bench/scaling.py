@@ -139,7 +139,7 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
     # Steady state: after every actor is up plus two denoiser batches, and past 25% of the rows.
     not_before = (up + 2 * batch_seconds) if up is not None else None
     window = ar.steady_window(norm, lo=0.25, hi=0.9, not_before=not_before)
-    rate = window[2] / (window[1] - window[0]) if window else None
+    rate = ar.steady_rate(norm, lo=0.25, hi=0.9, not_before=not_before) if window else None
     manifest = read_manifest(output)
     busy = {}
     if manifest is not None and window:
@@ -213,6 +213,26 @@ def run_scaling(args) -> dict[str, Any]:
     finally:
         ray.shutdown()
     return _write(out, points, args)
+
+
+def rederive(report: dict[str, Any]) -> dict[str, Any]:
+    """Steady-state figures again from the recorded arrival curves (after a change of the estimator)."""
+    for p in report["points"]:
+        norm = ar.normalize_curve(p["curve"])
+        up = p.get("pools_up_seconds")
+        not_before = (up + 2 * p["denoise_batch_seconds"]) if up is not None and "denoise_batch_seconds" in p else None
+        p["steady_rows_per_s"] = ar.steady_rate(norm, lo=0.25, hi=0.9, not_before=not_before)
+        p["efficiency"] = ar.efficiency(p["steady_rows_per_s"], p["devices"], p["one_device_rows_per_s"])
+    report["linearity"] = _linearity(report["points"])
+    return report
+
+
+def _linearity(points: list[dict[str, Any]]) -> dict[str, dict[int, float | None]]:
+    linear: dict[str, dict[int, float | None]] = {}
+    for profile in {p["profile"] for p in points}:
+        rates = {p["devices"]: p["steady_rows_per_s"] for p in points if p["profile"] == profile}
+        linear[profile] = ar.linearity(rates)
+    return linear
 
 
 def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:

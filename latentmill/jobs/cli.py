@@ -142,6 +142,9 @@ def _bench_parser(subparsers) -> None:
     sim.add_argument("--time-scale", type=float, default=1.0,
                      help="multiply every simulated time (default 1: denoiser batches of 1.2-2 s)")
     sim.add_argument("--out", type=Path, default=Path("bench-results"))
+    report = kinds.add_parser("report", help="re-derive the steady-state figures of a compare.json or "
+                              "scaling.json from its recorded arrival curves; rewrite its Markdown")
+    report.add_argument("results", type=Path)
     rss = kinds.add_parser("driver-memory", help="driver peak RSS while streaming N rows through a simulated model")
     rss.add_argument("--rows", default="10000,100000", help="comma-separated table sizes")
     rss.add_argument("--model", default="builtin:sim-sd15-50@0.002",

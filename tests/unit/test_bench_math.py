@@ -32,6 +32,17 @@ def test_steady_rate_excludes_ramp_and_drain():
     assert ar.steady_rate(curve, not_before=20.5) == pytest.approx(4.0)
 
 
+def test_steady_rate_is_the_slope_not_the_endpoints():
+    # Steady 4 rows/s, but the window's first arrival came late and its rows arrive in a catch-up burst.
+    curve = [(float(t), 4 * t) for t in range(1, 11)]
+    curve[1] = (2.6, 8)  # the arrival completing 20% of the rows came late
+    start, end, rows = ar.steady_window(curve, lo=0.2, hi=0.9)
+    assert (start, end, rows) == (2.6, 9.0, 28)
+    assert rows / (end - start) == pytest.approx(4.375)  # the two-point rate: inflated by the late start
+    assert ar.steady_rate(curve, lo=0.2, hi=0.9) == pytest.approx(4.0, rel=0.05)
+    assert ar.slope([(0, 1), (1, 3), (2, 5)]) == pytest.approx(2.0)
+
+
 def test_steady_rate_degenerate_curves():
     assert ar.steady_rate([]) is None
     assert ar.steady_rate([(5.0, 48)]) is None  # everything in one batch: no rate to measure

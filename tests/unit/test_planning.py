@@ -170,3 +170,34 @@ def test_cpu_budget_leaves_the_read_tasks_a_cpu():
     assert cpu_budget(4, 4) == 3
     assert cpu_budget(64, 64) == 63
     assert cpu_budget(1, 1) == 0.5
+
+
+def test_cheap_stages_stay_under_the_task_rate_per_actor():
+    from latentmill.planning import MAX_TASKS_PER_ACTOR_S
+
+    batches = {"encode": 4, "denoise": 4, "decode": 4}
+    plan = size_for_denoisers(SDXL, batches, 16)
+    rate = plan.throughput_rows_s  # 53.3 rows/s: 13 tasks/s at batch 4
+    for stage in ("encode", "decode"):
+        pool = plan.pools[stage]
+        assert rate / (pool.batch_size * pool.size) <= MAX_TASKS_PER_ACTOR_S
+        assert pool.batch_size % batches["denoise"] == 0  # whole denoiser batches per block
+    assert plan.pools["encode"].size == 1 and plan.pools["encode"].batch_size == 16
+    # Without the limit the batches stay as given.
+    assert size_for_denoisers(SDXL, batches, 16, max_tasks_per_actor_s=None).pools["encode"].batch_size == 4
+    # When the batch may not grow, the share is split over more actors, each at least the grid's step.
+    capped = size_for_denoisers(SDXL, batches, 16, max_batch=4)
+    assert capped.pools["encode"].size == 4
+    assert capped.pools["encode"].device_share == 0.125
+
+
+def test_task_rate_limit_never_breaks_a_fixed_budget():
+    # CPU-like costs: every stage cheap per row, so the encode and decode pools need many tasks per second.
+    cheap = {"encode": StageCost(0.01, 0.001), "denoise": StageCost(0.02, 0.05), "decode": StageCost(0.01, 0.002)}
+    batches = {"encode": 1, "denoise": 1, "decode": 1}
+    budget = Budget(devices=2, kind="cpu", fraction_grid=0.25)
+    plan = recommend(cheap, batches, budget, max_batch=2)
+    assert sum(p.size * p.device_share for p in plan.pools.values()) <= 2 + 1e-9
+    for stage in ("encode", "decode"):
+        assert plan.pools[stage].batch_size == 2
+        assert plan.pools[stage].device_share >= 0.25
