@@ -52,11 +52,14 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     ds = ray.data.read_parquet(list(table.files), filesystem=filesystem).select_columns(list(table.columns))
     if config.input.limit:
         ds = ds.limit(config.input.limit)
-    # A small table reads as one block; split it so that all three pools stream in parallel.
+    # Validation fuses into the read tasks (same default resources): a separate task per small block
+    # would start a Ray worker process per concurrent task, costing more CPU than the pools themselves.
+    ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
+                        fn_kwargs={"rules": rules, "ledger": ledger, "done": done})
+    # A small table reads as one block; split it (streaming, in the same tasks) so that all three pools
+    # work in parallel from the first batch.
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
     ds = ds.repartition(target_num_rows_per_block=smallest_batch)
-    ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None, fn_kwargs={"rules": rules, "ledger": ledger, "done": done},
-                        num_cpus=0.1)
 
     workers = stage_workers()
     for stage, pool in config.stages.items():
