@@ -120,12 +120,12 @@ def _bench_parser(subparsers) -> None:
         help="(a) latentmill vs (b) one whole diffusers pipeline per actor vs (c) the denoiser alone, "
         "same model, prompts, parameters and resources",
     )
-    real.add_argument("--model", "-m", default="builtin:tiny-image")
+    real.add_argument("--model", "-m", default="builtin:tiny-image", help="model for every contender (default builtin:tiny-image)")
     real.add_argument("--rows", type=int, default=384, help="prompts (cycled from examples/prompts.parquet)")
-    real.add_argument("--height", type=int, default=128)
-    real.add_argument("--width", type=int, default=128)
-    real.add_argument("--steps", type=int, default=10)
-    real.add_argument("--guidance", type=float, default=5.0)
+    real.add_argument("--height", type=int, default=128, help="image height in pixels (default 128)")
+    real.add_argument("--width", type=int, default=128, help="image width in pixels (default 128)")
+    real.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
+    real.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5.0)")
     real.add_argument("--plan", type=Path, help="latentmill's pools from this plan file (default: `plan` for --cpus)")
     real.add_argument("--cpus", type=float, help="CPU budget shared by every contender (default: this machine's cores)")
     real.add_argument("--gpus", type=float, help="GPU budget shared by every contender (on a GPU machine)")
@@ -133,7 +133,8 @@ def _bench_parser(subparsers) -> None:
                       help="denoiser (and peer, and bound) batch size (default 8; 0: the plan's)")
     real.add_argument("--repeats", type=int, default=1, help="alternate a and b this many times; medians reported")
     real.add_argument("--contenders", default="a,b,c", help="which of a,b,c to run (default all)")
-    real.add_argument("--out", type=Path, default=Path("bench-results"))
+    real.add_argument("--out", type=Path, default=Path("bench-results"),
+                      help="folder for compare.json, compare.md and the runs' outputs (default bench-results)")
     sim = kinds.add_parser("scaling", help="simulated devices: efficiency at 1, 4, 8, 16 denoiser devices")
     sim.add_argument("--profiles", default="sdxl-30,lcm-4", help="comma-separated simulated profiles")
     sim.add_argument("--devices", default="1,4,8,16", help="denoiser device counts")
@@ -141,7 +142,8 @@ def _bench_parser(subparsers) -> None:
                      help="denoiser batches each device runs (run length; default 30)")
     sim.add_argument("--time-scale", type=float, default=1.0,
                      help="multiply every simulated time (default 1: denoiser batches of 1.2-2 s)")
-    sim.add_argument("--out", type=Path, default=Path("bench-results"))
+    sim.add_argument("--out", type=Path, default=Path("bench-results"),
+                     help="folder for scaling.json, scaling.md and the runs' outputs (default bench-results)")
     report = kinds.add_parser("report", help="re-derive the steady-state figures of a compare.json or "
                               "scaling.json from its recorded arrival curves; rewrite its Markdown")
     report.add_argument("results", type=Path)
@@ -149,8 +151,9 @@ def _bench_parser(subparsers) -> None:
     rss.add_argument("--rows", default="10000,100000", help="comma-separated table sizes")
     rss.add_argument("--model", default="builtin:sim-sd15-50@0.002",
                      help="a simulated model with shrunk times (default builtin:sim-sd15-50@0.002)")
-    rss.add_argument("--batch-size", type=int, default=64)
-    rss.add_argument("--out", type=Path, default=Path("bench-results"))
+    rss.add_argument("--batch-size", type=int, default=64, help="batch size of every stage (default 64)")
+    rss.add_argument("--out", type=Path, default=Path("bench-results"),
+                     help="folder for driver-memory.json and .md (default bench-results)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -173,3 +173,40 @@ def test_simulated_actor_path_never_imports_torch(tmp_path):
     )
     env = {**os.environ, "LATENTMILL_CACHE": str(tmp_path)}
     subprocess.run([sys.executable, "-c", code], check=True, env=env, timeout=120)
+
+
+def _scaling_point(devices: int, rate: float) -> dict:
+    """A scaling.json point whose arrival curve runs at `rate` rows/s after 10 s of start-up."""
+    pool = {"size": 1, "device_share": 1.0}
+    curve = [(10.0 + k, int(rate * (k + 1))) for k in range(40)]
+    return {
+        "profile": "sdxl-30", "devices": devices, "rows": curve[-1][1], "curve": curve,
+        "pools_up_seconds": 5.0, "denoise_batch_seconds": 1.2, "one_device_rows_per_s": 10 / 3,
+        "ideal_rows_per_s": devices * 10 / 3, "first_output_seconds": 10.0,
+        "steady_rows_per_s": 999.0, "efficiency": 999.0,  # stale figures that `report` replaces
+        "plan": {"pools": {"encode": pool, "denoise": {**pool, "size": devices}, "decode": pool}},
+        "busy_fraction_steady": {}, "memory": {}, "driver_peak_rss_mb": 250.0,
+    }
+
+
+def test_bench_report_rederives_scaling_figures_from_the_curves(tmp_path, capsys):
+    import json
+
+    from latentmill.jobs.cli import main
+
+    results = tmp_path / "scaling.json"
+    report = {"command": "latentmill bench scaling", "machine": "test", "linearity": {},
+              "points": [_scaling_point(1, 3.2), _scaling_point(4, 12.0)]}
+    results.write_text(json.dumps(report))
+    assert main(["bench", "report", str(results)]) == 0
+    fresh = json.loads(results.read_text())
+    one, four = fresh["points"]
+    assert one["steady_rows_per_s"] == pytest.approx(3.2, rel=0.05)
+    assert four["efficiency"] == pytest.approx(12.0 / (4 * 10 / 3), rel=0.05)
+    assert fresh["linearity"]["sdxl-30"]["4"] == pytest.approx(12.0 / (4 * 3.2), rel=0.05)
+    markdown = (tmp_path / "scaling.md").read_text()
+    assert "| sdxl-30 | 4 |" in markdown and "999" not in markdown
+    assert markdown in capsys.readouterr().out
+
+    (tmp_path / "other.json").write_text("{}")
+    assert main(["bench", "report", str(tmp_path / "other.json")]) == 2
