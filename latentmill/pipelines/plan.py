@@ -52,8 +52,8 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     ds = _read_parquet(list(table.files), filesystem).select_columns(list(table.columns))
     if config.input.limit:
         ds = ds.limit(config.input.limit)
-    # Validation fuses into the read tasks (same default resources): a separate task per small block
-    # would start a Ray worker process per concurrent task, costing more CPU than the pools themselves.
+    # Validation runs on whole read blocks, in tasks of one CPU (Ray's default, like the read's): a
+    # small fraction per task would let dozens run at once, each starting its own Ray worker process.
     ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"rules": rules, "ledger": ledger, "done": done})
     # A small table reads as one block; split it (streaming, in the same tasks) so that all three pools
