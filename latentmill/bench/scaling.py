@@ -236,16 +236,12 @@ def _linearity(points: list[dict[str, Any]]) -> dict[str, dict[int, float | None
 
 
 def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
-    linear: dict[str, dict[int, float | None]] = {}
-    for profile in {p["profile"] for p in points}:
-        rates = {p["devices"]: p["steady_rows_per_s"] for p in points if p["profile"] == profile}
-        linear[profile] = ar.linearity(rates)
     report = {
         "command": f"latentmill bench scaling --profiles {args.profiles} --devices {args.devices} "
                    f"--batches-per-device {args.batches_per_device} --time-scale {args.time_scale:g}",
         "machine": machine_description(),
         "points": points,
-        "linearity": linear,
+        "linearity": _linearity(points),
     }
     (out / "scaling.json").write_text(json.dumps(report, indent=2, default=str))
     (out / "scaling.md").write_text(scaling_markdown(report))
