@@ -11,7 +11,7 @@ import latentmill
 from latentmill.config import load_config
 from latentmill.io import media
 
-SHARED_PROMPTS = Path(__file__).resolve().parents[2] / "shared" / "data" / "PartiPrompts.parquet"
+PARTI_PROMPTS_64 = Path(__file__).resolve().parents[1] / "examples" / "parti-prompts-64.parquet"
 
 
 def write_table(path: Path, rows: list[dict]) -> Path:

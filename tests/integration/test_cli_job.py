@@ -13,7 +13,7 @@ import pytest
 
 from latentmill import schema
 from latentmill.jobs.cli import EXIT_JOB_ERROR, main
-from tests.helpers import SHARED_PROMPTS, read_parquet_folder, write_table
+from tests.helpers import PARTI_PROMPTS_64, read_parquet_folder, write_table
 
 SMALL_POOLS = """
 stages:
@@ -39,13 +39,13 @@ def run_cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path):
     out = tmp_path / "parti"
-    result = run_cli(["--input", str(SHARED_PROMPTS), "--prompt-column", "Prompt", "--limit", "64",
+    result = run_cli(["--input", str(PARTI_PROMPTS_64), "--prompt-column", "Prompt", "--limit", "64",
                       "--output", str(out)], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = pq.read_table(out / "manifest").to_pylist()
     assert len(manifest) == 64 and len({row[schema.ID] for row in manifest}) == 64
     assert len(list((out / "media").iterdir())) == 64
-    prompts = pq.read_table(SHARED_PROMPTS).column("Prompt").to_pylist()[:64]
+    prompts = pq.read_table(PARTI_PROMPTS_64).column("Prompt").to_pylist()[:64]
     assert sorted(row[schema.PROMPT] for row in manifest) == sorted(prompts)
     assert re.search(r"outputs written\s+64\n", result.stdout) and re.search(r"rows failed\s+0\n", result.stdout)
     summary = json.loads((out / "summary.json").read_text())
