@@ -13,6 +13,7 @@ import hashlib
 import json
 import posixpath
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from latentmill import schema
@@ -168,3 +169,24 @@ def stage_actors(stage_class: str, this_driver: bool = True) -> list[dict]:
     job = ray.get_runtime_context().get_job_id()
     return [info for info in ray._private.state.actors().values()
             if stage_class in info["ActorClassName"] and (not this_driver or info["JobID"] == job)]
+
+
+def wait_for_actor_log(text: str, also_in: str = "", timeout: float = 30.0) -> bool:
+    """Whether `text` is in `also_in` (a driver's output) or appears in this Ray session's worker logs
+    within `timeout` seconds. Ray forwards actors' log lines to the driver asynchronously, so a driver
+    that exits right after its last row may never print them; the worker log files always have them."""
+    import time
+
+    import ray._private.worker
+
+    if text in also_in:
+        return True
+    logs = Path(ray._private.worker._global_node.get_logs_dir_path())
+    deadline = time.monotonic() + timeout
+    while True:
+        for path in logs.glob("worker-*"):
+            if path.suffix in (".out", ".err") and text in path.read_text(errors="replace"):
+                return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.5)
