@@ -171,21 +171,24 @@ def stage_actors(stage_class: str, this_driver: bool = True) -> list[dict]:
             if stage_class in info["ActorClassName"] and (not this_driver or info["JobID"] == job)]
 
 
-def wait_for_actor_log(text: str, also_in: str = "", timeout: float = 30.0) -> bool:
-    """Whether `text` is in `also_in` (a driver's output) or appears in this Ray session's worker logs
-    within `timeout` seconds. Ray forwards actors' log lines to the driver asynchronously, so a driver
-    that exits right after its last row may never print them; the worker log files always have them."""
+def wait_for_actor_log(pattern: str, also_in: str = "", timeout: float = 30.0) -> bool:
+    """Whether the regular expression `pattern` matches `also_in` (a driver's output) or this Ray
+    session's worker logs within `timeout` seconds. Ray forwards actors' log lines to the driver
+    asynchronously, so a driver that exits right after its last row may never print them; the worker
+    log files (moved to logs/old/ when the worker exits) always have them."""
+    import re
     import time
 
     import ray._private.worker
 
-    if text in also_in:
+    regex = re.compile(pattern)
+    if regex.search(also_in):
         return True
     logs = Path(ray._private.worker._global_node.get_logs_dir_path())
     deadline = time.monotonic() + timeout
     while True:
-        for path in logs.glob("worker-*"):
-            if path.suffix in (".out", ".err") and text in path.read_text(errors="replace"):
+        for path in logs.rglob("worker-*"):
+            if path.suffix in (".out", ".err") and regex.search(path.read_text(errors="replace")):
                 return True
         if time.monotonic() > deadline:
             return False

@@ -78,8 +78,9 @@ def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, 
     # actor says so in its log).
     assert not any(row[schema.ERROR_STAGE] == "decode" for row in errors.values())
     log = result.stdout + result.stderr
-    assert wait_for_actor_log("decode ran out of memory on a batch of 3; retrying with tiled decoding", log)
-    assert wait_for_actor_log("decode batch of 3 failed (injected out-of-memory error); retrying row by row", log)
+    # (How many healthy rows that first batch holds depends on which block reaches decode first.)
+    assert wait_for_actor_log(r"decode ran out of memory on a batch of \d; retrying with tiled decoding", log)
+    assert wait_for_actor_log(r"decode batch of \d failed \(injected out-of-memory error\); retrying row by row", log)
 
 
 def test_a_killed_denoiser_is_restarted_and_its_batch_retried(ray_local, tmp_path):
