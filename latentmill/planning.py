@@ -269,8 +269,9 @@ def _fit_task_rate(
         if not may_grow_share:
             needed = min(needed, math.floor(total / grid + EPS))
         if needed > size:
-            per_actor = max(grid, math.ceil(total / needed / grid - EPS) * grid)
-            if not may_grow_share:
+            if may_grow_share:
+                per_actor = max(grid, math.ceil(total / needed / grid - EPS) * grid)
+            else:
                 per_actor = math.floor(total / needed / grid + EPS) * grid
             pools[stage] = (needed, min(1.0, per_actor))
     return pools, batches

@@ -96,15 +96,16 @@ def peer_resources(totals: dict[str, Any]) -> dict[str, Any]:
             "threads": max(1, round(totals["threads"] / actors))}
 
 
-def _curve_stats(curve: list[tuple[float, int]], wall: float, not_before: float | None = None) -> dict[str, Any]:
+def _curve_stats(curve: list[tuple[float, int]], wall: float, monitor) -> dict[str, Any]:
     curve = ar.normalize_curve(curve)
-    window = ar.steady_window(curve, not_before=not_before) if curve else None
+    window = ar.steady_window(curve) if curve else None
     return {
         "rows": curve[-1][1] if curve else 0,
         "wall_seconds": wall,
         "first_output_seconds": ar.first_output_seconds(curve) if curve else None,
-        "steady_rows_per_s": ar.steady_rate(curve, not_before=not_before) if window else None,
+        "steady_rows_per_s": ar.steady_rate(curve) if window else None,
         "steady_window": list(window) if window else None,
+        "steady_cpu_seconds_per_row": ar.ratio(monitor.cpu_between(window[0], window[1]), window[2]) if window else None,
         "curve": curve,
     }
 
@@ -121,10 +122,7 @@ def run_latentmill(config, label: str) -> dict[str, Any]:
         summary = run_job(config, on_progress=lambda s: curve.append((time.perf_counter() - started, s.outputs_written)))
         wall = time.perf_counter() - started
     ray.shutdown()
-    result = _curve_stats(curve, wall)
-    if result["steady_window"]:
-        start, end, rows = result["steady_window"]
-        result["steady_cpu_seconds_per_row"] = ar.ratio(monitor.cpu_between(start, end), rows)
+    result = _curve_stats(curve, wall, monitor)
     result.update(label=label, contender="a", summary_wall_seconds=summary.wall_seconds,
                   rows_failed=summary.rows_failed, memory=monitor.summary(list(WORKER_KINDS)),
                   cpu=monitor.cpu_summary())
@@ -173,10 +171,7 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
             curve.append((time.perf_counter() - started, done))
         wall = time.perf_counter() - started
     ray.shutdown()
-    result = _curve_stats(curve, wall)
-    if result["steady_window"]:
-        start, end, rows = result["steady_window"]
-        result["steady_cpu_seconds_per_row"] = ar.ratio(monitor.cpu_between(start, end), rows)
+    result = _curve_stats(curve, wall, monitor)
     result.update(label=label, contender="b", memory=monitor.summary(["PeerPipelineWorker"]),
                   cpu=monitor.cpu_summary())
     result["cpu_seconds_per_row"] = ar.ratio(result["cpu"]["total"], result["rows"])

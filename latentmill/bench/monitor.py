@@ -52,7 +52,6 @@ class ProcessMonitor:
     driver_peak_rss: int = 0
     other_cpu: dict[int, float] = field(default_factory=dict)  # Ray's own processes (raylet, gcs, ...)
     driver_cpu_seconds: float = 0.0
-    cpu_series: list[tuple[float, float]] = field(default_factory=list)  # (t, CPU seconds of the whole tree)
     kind_series: list[tuple[float, dict[str, float]]] = field(default_factory=list)  # (t, CPU seconds by type)
 
     def __post_init__(self) -> None:
@@ -116,9 +115,6 @@ class ProcessMonitor:
                     continue
             try:
                 mine = me.cpu_times()
-                tree = (mine.user + mine.system - self._driver_cpu0 + sum(self.other_cpu.values())
-                        + sum(r.cpu_seconds for r in self.records.values()))
-                self.cpu_series.append((now, tree))
                 kinds: dict[str, float] = {"driver": mine.user + mine.system - self._driver_cpu0,
                                            "ray": sum(self.other_cpu.values())}
                 for record in self.records.values():
@@ -139,20 +135,27 @@ class ProcessMonitor:
         Sampled, so a process that starts and ends between two samples is missed; good for windows of
         many sampling intervals.
         """
-        before = [cpu for t, cpu in self.cpu_series if t <= start]
-        after = [cpu for t, cpu in self.cpu_series if t >= end]
-        if not before or not after:
+        around = self._samples_around(start, end)
+        if around is None:
             return None
-        return after[0] - before[-1]
+        first, last = around
+        return sum(last.values()) - sum(first.values())
 
     def cpu_between_by_kind(self, start: float, end: float) -> dict[str, float]:
         """CPU seconds by process type between two times (see `cpu_between`)."""
+        around = self._samples_around(start, end)
+        if around is None:
+            return {}
+        first, last = around
+        return {kind: last[kind] - first.get(kind, 0.0) for kind in last}
+
+    def _samples_around(self, start: float, end: float) -> tuple[dict[str, float], dict[str, float]] | None:
+        """The CPU-by-type samples just before `start` and just after `end`."""
         before = [kinds for t, kinds in self.kind_series if t <= start]
         after = [kinds for t, kinds in self.kind_series if t >= end]
         if not before or not after:
-            return {}
-        first, last = before[-1], after[0]
-        return {kind: last[kind] - first.get(kind, 0.0) for kind in last}
+            return None
+        return before[-1], after[0]
 
     def up_at(self, expected: dict[str, int]) -> float | None:
         """Seconds (since the monitor started) when every kind had its expected count of processes."""

@@ -136,10 +136,8 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
     batch_seconds = costs["denoise"].batch_seconds(profile.denoise_batch)
     one_device = profile.denoise_batch / batch_seconds
     norm = ar.normalize_curve(curve)
-    # Steady state: after every actor is up plus two denoiser batches, and past 25% of the rows.
-    not_before = (up + 2 * batch_seconds) if up is not None else None
-    window = ar.steady_window(norm, lo=0.25, hi=0.9, not_before=not_before)
-    rate = ar.steady_rate(norm, lo=0.25, hi=0.9, not_before=not_before) if window else None
+    window, rate = steady_state(norm, up, batch_seconds)
+    cpu = monitor.cpu_summary()
     manifest = read_manifest(output)
     busy = {}
     if manifest is not None and window:
@@ -153,7 +151,7 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "model": model,
         "time_scale": time_scale,
         "sizing_host_seconds": {"per_batch": CALL_OVERHEAD_S, "per_row": host or {}},
-        "denoise_batch_seconds": costs["denoise"].batch_seconds(profile.denoise_batch),
+        "denoise_batch_seconds": batch_seconds,
         "devices": devices,
         "rows": rows,
         "rows_failed": summary.rows_failed,
@@ -172,8 +170,8 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "busy_fraction_steady": busy,
         "memory": monitor.summary(["TextEncodeWorker", "DenoiseWorker", "DecodeWorker"]),
         "driver_peak_rss_mb": monitor.driver_peak_rss / 2**20,
-        "cpu": monitor.cpu_summary(),
-        "cpu_seconds_per_row": ar.ratio(monitor.cpu_summary()["total"], rows),
+        "cpu": cpu,
+        "cpu_seconds_per_row": ar.ratio(cpu["total"], rows),
         # The pipeline's own CPU cost per row in the steady state (the stages sleep): the cores it
         # needs per row/s. The monitor's clock started just before `started`.
         "steady_cpu_seconds_per_row": ar.ratio(monitor.cpu_between(window[0], window[1]), window[2]) if window else None,
@@ -184,6 +182,14 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
         "load_average_before": load_before,
         "load_average_after": os.getloadavg()[0],
     }
+
+
+def steady_state(curve: ar.Curve, pools_up: float | None, denoise_batch_seconds: float):
+    """(window, rows/s) after every actor is up plus two denoiser batches, and past 25% of the rows."""
+    not_before = (pools_up + 2 * denoise_batch_seconds) if pools_up is not None else None
+    window = ar.steady_window(curve, lo=0.25, hi=0.9, not_before=not_before)
+    rate = ar.steady_rate(curve, lo=0.25, hi=0.9, not_before=not_before) if window else None
+    return window, rate
 
 
 def run_scaling(args) -> dict[str, Any]:
@@ -218,10 +224,8 @@ def run_scaling(args) -> dict[str, Any]:
 def rederive(report: dict[str, Any]) -> dict[str, Any]:
     """Steady-state figures again from the recorded arrival curves (after a change of the estimator)."""
     for p in report["points"]:
-        norm = ar.normalize_curve(p["curve"])
-        up = p.get("pools_up_seconds")
-        not_before = (up + 2 * p["denoise_batch_seconds"]) if up is not None and "denoise_batch_seconds" in p else None
-        p["steady_rows_per_s"] = ar.steady_rate(norm, lo=0.25, hi=0.9, not_before=not_before)
+        _, p["steady_rows_per_s"] = steady_state(ar.normalize_curve(p["curve"]), p.get("pools_up_seconds"),
+                                                 p["denoise_batch_seconds"])
         p["efficiency"] = ar.efficiency(p["steady_rows_per_s"], p["devices"], p["one_device_rows_per_s"])
     report["linearity"] = _linearity(report["points"])
     return report
