@@ -36,7 +36,7 @@ def families() -> dict[str, type[Family]]:
     """diffusers pipeline class name -> family adapter, from every module in this package."""
     found: dict[str, type[Family]] = {}
     for module in pkgutil.iter_modules(__path__):
-        if module.name in {"base", "tiny"}:  # not families
+        if module.name in {"base", "tiny", "tiny_builds"}:  # not families
             continue
         importlib.import_module(f"{__name__}.{module.name}")
     for family in _subclasses(Family):
