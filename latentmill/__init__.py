@@ -5,10 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from latentmill.version import __version__
+
 if TYPE_CHECKING:
     from latentmill.pipelines.job import RunSummary
 
-__version__ = "0.1.0"
+__all__ = ["__version__", "run"]
 
 
 def run(input_uri: str, output_uri: str, model: str | None = None, config: str | Path | None = None,

@@ -646,7 +646,7 @@ def describe_hardware(device: Any, threads: int) -> str:
 
 
 # Logical CPUs left to Ray Data's read and validation tasks on a CPU budget: pools that take every
-# CPU leave the read task nothing, and the job deadlocks (see ARCHITECTURE.md).
+# CPU leave the read task nothing, and the job deadlocks (see README.md, "Sizing the pools").
 READ_RESERVE_CPUS = 1.0
 
 

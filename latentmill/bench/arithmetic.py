@@ -124,11 +124,6 @@ def speedup(baseline_seconds: float | None, seconds: float | None) -> float | No
     return ratio(baseline_seconds, seconds)
 
 
-def ideal_rate(devices: int, batch: int, batch_seconds: float) -> float:
-    """`devices` denoisers each finishing `batch` rows every `batch_seconds`."""
-    return devices * batch / batch_seconds
-
-
 def efficiency(measured_rate: float | None, devices: int, one_device_rate: float) -> float | None:
     """Measured rows/s against devices x one device's rate."""
     return ratio(measured_rate, devices * one_device_rate)

@@ -33,7 +33,6 @@ FALLBACK_PROMPTS = (
     "a small cabin in a snowy forest, smoke rising from the chimney",
 )
 WORKER_KINDS = ("TextEncodeWorker", "DenoiseWorker", "DecodeWorker")
-STAGE_OF_KIND = {"TextEncodeWorker": "encode", "DenoiseWorker": "denoise", "DecodeWorker": "decode"}
 
 
 def base_prompts() -> list[str]:

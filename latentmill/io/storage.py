@@ -44,11 +44,7 @@ __all__ = [
     "safe_key",
     "put_bytes",
     "read_bytes",
-    "exists",
     "check_writable",
-    "check_readable",
-    "is_transient_error",
-    "is_auth_error",
     "display_uri",
 ]
 
@@ -359,16 +355,6 @@ def _classify(exc: BaseException) -> str:
         if k in kinds:
             return k
     return _OTHER
-
-
-def is_transient_error(exc: BaseException) -> bool:
-    """True for network/throttling/5xx errors that a retry may fix (never for auth errors)."""
-    return _classify(exc) == _TRANSIENT
-
-
-def is_auth_error(exc: BaseException) -> bool:
-    """True for wrong/missing credentials or denied access."""
-    return _classify(exc) in (_AUTH, _CREDENTIALS)
 
 
 def _is_storage_exception(exc: BaseException) -> bool:
@@ -714,36 +700,6 @@ def read_bytes(
     )
 
 
-def exists(
-    fs: Any,
-    path: str,
-    *,
-    retries: int = 5,
-    base_delay: float = 0.2,
-    max_delay: float = 10.0,
-) -> bool:
-    """``fs.exists(path)`` with retries; unlike fsspec's, auth errors raise instead of False."""
-
-    def op() -> bool:
-        try:
-            fs.info(path)
-            return True
-        except FileNotFoundError as exc:
-            if _classify(exc) == _MISSING_BUCKET:
-                raise
-            return False
-
-    return _retry(
-        op,
-        action="checking",
-        fs=fs,
-        path=path,
-        retries=retries,
-        base_delay=base_delay,
-        max_delay=max_delay,
-    )
-
-
 # --------------------------------------------------------------------------------------------
 # Early checks
 # --------------------------------------------------------------------------------------------
@@ -807,47 +763,3 @@ def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> N
             display_uri(fs, probe),
             _redact(_detail(exc), fs, storage_options),
         )
-
-
-def check_readable(uri: str, storage_options: dict[str, Any] | None = None) -> None:
-    """Fail early if the input ``uri`` (a file or a directory of files) is missing or unreadable.
-
-    Checks that it exists, and reads the first bytes of the file (or of the first file in the
-    directory). Raises ``StorageError`` (``StorageNotFoundError`` when missing) naming the URI.
-    """
-    fs, path = _probe_fs(uri, storage_options)
-    kw = dict(retries=_PROBE_RETRIES, base_delay=0.2, max_delay=2.0)
-    try:
-        info = _retry(lambda: fs.info(path), action="checking", fs=fs, path=path, **kw)
-        target = path
-        if info.get("type") == "directory":
-            entries = _retry(
-                lambda: fs.find(path, maxdepth=None, withdirs=False),
-                action="listing",
-                fs=fs,
-                path=path,
-                **kw,
-            )
-            files = sorted(
-                p for p in entries if not os.path.basename(p.rstrip("/")).startswith((".", "_"))
-            )
-            if not files:
-                raise StorageNotFoundError(
-                    f"Input {uri} is an empty directory/prefix: no data files found. "
-                    "Check the input URI in the job file."
-                )
-            target = files[0]
-        _retry(
-            lambda: fs.cat_file(target, start=0, end=16),
-            action="reading",
-            fs=fs,
-            path=target,
-            **kw,
-        )
-    except StorageNotFoundError as exc:
-        msg = f"Input {uri} is missing: {exc} Check the input URI in the job file."
-        raise StorageNotFoundError(_redact(msg, fs, storage_options)) from exc
-    except StorageError as exc:
-        raise StorageError(
-            _redact(f"Input {uri} is not readable: {exc}", fs, storage_options)
-        ) from exc

@@ -245,13 +245,6 @@ def test_read_bytes_missing_local(tmp_path):
     assert "nope" in str(info.value)
 
 
-def test_exists_local(tmp_path):
-    fs, base = storage.resolve(str(tmp_path))
-    storage.put_bytes(fs, base + "/a", b"1")
-    assert storage.exists(fs, base + "/a")
-    assert not storage.exists(fs, base + "/b")
-
-
 # ------------------------------------------------------------------------------ checks (local)
 
 
@@ -266,22 +259,6 @@ def test_check_writable_local_under_a_file(tmp_path):
         storage.check_writable(str(tmp_path / "file" / "out"))
     assert "not writable" in str(info.value)
     assert str(tmp_path / "file" / "out") in str(info.value)
-
-
-def test_check_readable_local(tmp_path):
-    with pytest.raises(StorageNotFoundError, match="missing"):
-        storage.check_readable(str(tmp_path / "nope.parquet"))
-    (tmp_path / "empty").mkdir()
-    with pytest.raises(StorageNotFoundError, match="no data files"):
-        storage.check_readable(str(tmp_path / "empty"))
-    (tmp_path / "t.parquet").write_bytes(b"PAR1....")
-    storage.check_readable(str(tmp_path / "t.parquet"))
-    (tmp_path / "dir").mkdir()
-    (tmp_path / "dir" / "_SUCCESS").write_bytes(b"")
-    with pytest.raises(StorageNotFoundError):
-        storage.check_readable(str(tmp_path / "dir"))
-    (tmp_path / "dir" / "part-0.parquet").write_bytes(b"PAR1....")
-    storage.check_readable(str(tmp_path / "dir"))
 
 
 # ------------------------------------------------------------------------------ retry policy
@@ -359,8 +336,6 @@ def test_put_bytes_retries_transient_errors(name):
     storage.put_bytes(fs, "bucket/key", b"data", retries=5, base_delay=0.001)
     assert fs.calls == 4
     assert fs.objects == {"bucket/key": b"data"}
-    assert storage.is_transient_error(TRANSIENT_ERRORS[name]())
-    assert not storage.is_auth_error(TRANSIENT_ERRORS[name]())
 
 
 def test_read_bytes_retries_transient_errors():
@@ -415,8 +390,6 @@ def test_auth_errors_are_not_retried(name):
     assert "s3://bucket/key" in msg
     assert "AWS_ACCESS_KEY_ID" in msg and "storage.key" in msg
     assert SECRET not in msg
-    assert storage.is_auth_error(AUTH_ERRORS[name]())
-    assert not storage.is_transient_error(AUTH_ERRORS[name]())
 
 
 def test_missing_credentials_message():
