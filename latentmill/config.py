@@ -97,6 +97,11 @@ class GenerationDefaults(_Strict):
     width: int | None = Field(None, ge=8)
     num_frames: int | None = Field(None, ge=1)
     fps: float | None = Field(None, gt=0)
+    model_parameters: dict[str, float | int | str] = Field(
+        default_factory=dict,
+        description="The model family's extra per-row parameters (README, 'Model families'), e.g. "
+        "{true_cfg_scale: 4.0}; a prompt-table column of the same name overrides them per row.",
+    )
 
 
 class Limits(_Strict):
@@ -153,6 +158,10 @@ class StageSettings(_Strict):
     encode: PoolSettings = Field(default_factory=lambda: _default_pools()["encode"])
     denoise: PoolSettings = Field(default_factory=lambda: _default_pools()["denoise"])
     decode: PoolSettings = Field(default_factory=lambda: _default_pools()["decode"])
+    conditioning_dtype: Literal["encoder", "float32"] = Field(
+        "encoder", description="dtype of the embeddings sent from the encode pool to the denoise pool: the "
+        "encoder's own (half the bytes of float32 at float16/bfloat16), or float32.",
+    )
 
     def items(self) -> list[tuple[str, PoolSettings]]:
         return [("encode", self.encode), ("denoise", self.denoise), ("decode", self.decode)]
@@ -170,7 +179,7 @@ class RaySettings(_Strict):
 
 
 class MetricsSettings(_Strict):
-    """Prometheus metrics of a run (see docs/operations.md, "Monitoring")."""
+    """Prometheus metrics of a run (see README.md, "Monitoring")."""
 
     port: int | None = Field(None, ge=0, le=65535,
                              description="Serve the driver's metrics at http://ADDRESS:PORT/metrics during the "
@@ -180,19 +189,6 @@ class MetricsSettings(_Strict):
                                     "Pushgateway URL at the end.")
     job_name: str = Field("latentmill", min_length=1,
                           description="The `job` label of every latentmill metric, and the Pushgateway job.")
-
-
-class HiddenOptions:
-    """fsspec storage options that never print their secret (actors' reprs, logs, errors)."""
-
-    def __init__(self, options: dict[str, Any]) -> None:
-        self._options = dict(options)
-
-    def reveal(self) -> dict[str, Any]:
-        return dict(self._options)
-
-    def __repr__(self) -> str:
-        return "HiddenOptions(<hidden>)"
 
 
 def parse_budget(value: str | float | int | None) -> float | int | None:

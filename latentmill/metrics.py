@@ -181,8 +181,6 @@ def stage_outcomes(error_stage: str) -> list[tuple[str, str]]:
     if error_stage in PIPELINE:
         index = PIPELINE.index(error_stage)
         return [(stage, OK) for stage in PIPELINE[:index]] + [(error_stage, FAILED)]
-    if error_stage == schema.STAGE_WRITE:  # after every model stage
-        return [(stage, OK) for stage in PIPELINE] + [(error_stage, FAILED)]
     return [(error_stage, FAILED)]
 
 

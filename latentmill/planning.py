@@ -550,23 +550,20 @@ def calibrate(
     from latentmill.config import GenerationDefaults
     from latentmill.io import media
     from latentmill.models import resolve_model
-    from latentmill.models.base import Request
     from latentmill.pipelines.validate import resolve_defaults
+    from latentmill.rows import Request, request_from
 
     model = resolve_model(model_path, storage_options)
     family = model.family()
-    values = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults())
+    values = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults(),
+                              family.extra_parameters)
     if not family.is_video:
         values["num_frames"], values["fps"] = 1, 0.0
 
     def requests(count: int) -> list[Request]:
-        return [
-            Request(id=f"calibration-{i}", prompt="a photo of a cat sitting on a red sofa in the living room",
-                    negative_prompt=values["negative_prompt"], seed=i, num_inference_steps=int(values["num_inference_steps"]),
-                    guidance_scale=float(values["guidance_scale"]), height=int(values["height"]), width=int(values["width"]),
-                    num_frames=int(values["num_frames"]), fps=float(values["fps"]))
-            for i in range(count)
-        ]
+        prompt = "a photo of a cat sitting on a red sofa in the living room"
+        return [request_from({**values, "id": f"calibration-{i}", "prompt": prompt, "seed": i},
+                             tuple(family.extra_parameters)) for i in range(count)]
 
     reason = family.check_request(requests(1)[0])
     if reason:
@@ -590,13 +587,13 @@ def calibrate(
         t = time.perf_counter()
         encoded = family.encode(rows)
         seconds["encode"] = time.perf_counter() - t
-        sizes["encode"] = sum(np.asarray(v).nbytes for v in encoded.tensors.values()) / batch
+        sizes["encode"] = sum(v.nbytes for rows in encoded.tensors.values() for v in rows if v is not None) / batch
         t = time.perf_counter()
         latents = family.denoise(rows, encoded.tensors)
         seconds["denoise"] = time.perf_counter() - t
         sizes["denoise"] = sum(np.asarray(v).nbytes for v in latents) / batch
         t = time.perf_counter()
-        frames = media.to_uint8(family.decode(np.stack([np.asarray(v, dtype=np.float32) for v in latents])))
+        frames = media.to_uint8(family.decode(np.stack([np.asarray(v, dtype=np.float32) for v in latents]), rows))
         for row, row_frames in zip(rows, frames):
             if family.is_video:
                 media.encode_video(row_frames, row.fps or 8.0, image_format)

@@ -21,8 +21,10 @@ SAMPLE_INDEX = "sample_index"  # k of N samples per prompt; every input row has 
 PROMPT_TRUNCATED = "prompt_truncated"
 INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows what came in
 
-# Per-row columns a user may put in the prompt table to override the job's defaults.
-OVERRIDE_COLUMNS: dict[str, type] = {
+# The request's columns and their types (rows.Request has one field per column).
+REQUEST_COLUMN_TYPES: dict[str, type] = {
+    ID: str,
+    PROMPT: str,
     NEGATIVE_PROMPT: str,
     SEED: int,
     STEPS: int,
@@ -32,6 +34,11 @@ OVERRIDE_COLUMNS: dict[str, type] = {
     NUM_FRAMES: int,
     FPS: float,
 }
+REQUEST_COLUMNS = tuple(REQUEST_COLUMN_TYPES)
+
+# Per-row columns a user may put in the prompt table to override the job's defaults; a model family
+# adds its own extra parameters (models.base.Family.extra_parameters).
+OVERRIDE_COLUMNS: dict[str, type] = {name: kind for name, kind in REQUEST_COLUMN_TYPES.items() if name not in (ID, PROMPT)}
 
 # Row state carried by every row. An empty ERROR_STAGE means the row still needs work; otherwise it
 # names the stage that failed it, or is ALREADY_DONE for a row a previous run completed.
@@ -45,12 +52,10 @@ STAGE_VALIDATE = "validate"
 STAGE_ENCODE = "encode"
 STAGE_DENOISE = "denoise"
 STAGE_DECODE = "decode"
-STAGE_WRITE = "write"
-STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)
+STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)  # the model stages, in order: one actor pool each
 
-# Tensor columns between stages: fixed shape per row, named.
-PROMPT_EMBEDS = "prompt_embeds"
-NEGATIVE_PROMPT_EMBEDS = "negative_prompt_embeds"
+# The one tensor column the generic code names: the denoiser's output. The conditioning columns between
+# encode and denoise are named by the model (its text encoder's outputs), any number of them.
 LATENTS = "latents"
 
 
@@ -64,9 +69,8 @@ BYTES = "bytes"
 SHA256 = "sha256"
 MIME_TYPE = "mime_type"
 
-REQUEST_COLUMNS = (ID, PROMPT, NEGATIVE_PROMPT, SEED, STEPS, GUIDANCE, HEIGHT, WIDTH, NUM_FRAMES, FPS)
-
-# One manifest row per output (order as written to Parquet).
+# One manifest row per output (order as written to Parquet); a family's extra parameters follow the
+# request columns (see `manifest_columns`).
 MANIFEST_COLUMNS = (
     *REQUEST_COLUMNS,
     SAMPLE_INDEX,
@@ -86,3 +90,9 @@ MANIFEST_COLUMNS = (
 
 # One error row per failed input row.
 ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
+
+
+def manifest_columns(extra_names: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """The manifest's columns for a model with these extra per-row parameters."""
+    at = len(REQUEST_COLUMNS)
+    return (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])

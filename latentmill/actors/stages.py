@@ -16,12 +16,11 @@ from typing import Any, Callable
 import numpy as np
 
 from latentmill import schema
-from latentmill.config import HiddenOptions
 from latentmill.faults import FaultInjector
+from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
-from latentmill.models import ModelError, ModelRef
-from latentmill.models.base import Request
-from latentmill.pipelines.validate import request_from_columns
+from latentmill.models import ModelError, ModelRef, tensors
+from latentmill.rows import Request, request_at
 
 log = logging.getLogger(__name__)
 
@@ -112,8 +111,9 @@ def _copy_without(batch: dict[str, np.ndarray], drop: tuple[str, ...]) -> dict[s
     return out
 
 
-def _requests(batch: dict[str, np.ndarray], rows: list[int]) -> list[Request]:
-    return [request_from_columns(batch, i) for i in rows]
+def _requests(family, batch: dict[str, np.ndarray], rows: list[int]) -> list[Request]:
+    extra_names = tuple(family.extra_parameters)
+    return [request_at(batch, i, extra_names) for i in rows]
 
 
 def _per_row_array(values: list[np.ndarray]) -> np.ndarray:
@@ -127,53 +127,62 @@ def _per_row_array(values: list[np.ndarray]) -> np.ndarray:
 
 
 class TextEncodeWorker(StageWorker):
-    """Pool A: tokenizer(s) + text encoder(s). Requests -> named prompt embeddings."""
+    """Pool A: tokenizer(s) + text encoder(s). Requests -> the model's named conditioning tensors.
+
+    Each tensor the model declares is a binary column of per-row packed arrays (tensors.pack): any
+    count, shape and dtype, and empty where a row has none (failed rows; negatives a row's guidance
+    does not use). Values stay in the encoder's dtype unless `float32` is asked for.
+    """
 
     stage = schema.STAGE_ENCODE
 
+    def __init__(self, *args, conditioning_float32: bool = False, **kwargs) -> None:
+        self.conditioning_float32 = conditioning_float32
+        super().__init__(*args, **kwargs)
+
     def load(self) -> None:
         self.family.load_encoder(self.device, self.dtype)
-        # Embedding shape is fixed per model; learn it once so failed rows get zero rows of it.
-        probe = self.family.encode([_probe_request()])
-        self.embed_shapes = {name: value.shape[1:] for name, value in probe.tensors.items()}
+        self.columns = self.family.conditioning_columns()
 
     def prepare_output(self, batch):
         out = _copy_without(batch, ())
         size = len(batch[schema.ID])
-        for name, shape in self.embed_shapes.items():
-            out[name] = np.zeros((size, *shape), dtype=np.float32)
+        for name in self.columns:
+            out[name] = np.full(size, b"", dtype=object)
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         return out
 
     def process(self, batch, out, rows):
         self.faults.model_call()
-        encoded = self.family.encode(_requests(batch, rows))
+        encoded = self.family.encode(_requests(self.family, batch, rows))
         for name, values in encoded.tensors.items():
-            out[name][rows] = values
+            for row, value in zip(rows, values):
+                if value is not None and self.conditioning_float32:
+                    value = tensors.as_float32(value)
+                out[name][row] = tensors.pack(value)
         out[schema.PROMPT_TRUNCATED][rows] = encoded.truncated
 
 
-def _probe_request() -> Request:
-    return Request(id="probe", prompt="a probe", negative_prompt="", seed=0, num_inference_steps=1,
-                   guidance_scale=1.0, height=8, width=8, num_frames=1, fps=1.0)
-
-
 class DenoiseWorker(StageWorker):
-    """Pool B: denoiser + scheduler. Embeddings + per-row seed -> final latents."""
+    """Pool B: denoiser + scheduler. Conditioning + per-row seed -> final latents.
+
+    Takes each conditioning column the model declares, and drops it from the rows it passes on.
+    """
 
     stage = schema.STAGE_DENOISE
 
     def load(self) -> None:
         self.family.load_denoiser(self.device, self.dtype)
+        self.columns = self.family.conditioning_columns()
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
-        for row in rows:
-            groups.setdefault(request_from_columns(batch, row).denoise_group_key(), []).append(row)
+        for row, request in zip(rows, _requests(self.family, batch, rows)):
+            groups.setdefault(self.family.denoise_group_key(request), []).append(row)
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS))
+        out = _copy_without(batch, self.columns)
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.LATENTS] = [None] * size
@@ -187,9 +196,9 @@ class DenoiseWorker(StageWorker):
         return out
 
     def process(self, batch, out, rows):
-        embeds = {name: batch[name][rows] for name in (schema.PROMPT_EMBEDS, schema.NEGATIVE_PROMPT_EMBEDS)}
+        conditioning = {name: [tensors.unpack(batch[name][row]) for row in rows] for name in self.columns}
         self.faults.model_call()
-        latents = self.family.denoise(_requests(batch, rows), embeds)
+        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning)
         for row, value in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])):
                 value[...] = np.nan
@@ -239,9 +248,10 @@ class DecodeWorker(StageWorker):
         from latentmill.io import media
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
+        requests = _requests(self.family, batch, rows)
         try:
             self.faults.model_call()
-            decoded = self.family.decode(latents)
+            decoded = self.family.decode(latents, requests)
         except Exception as exc:
             if not is_out_of_memory(exc) or self.low_memory:
                 raise
@@ -251,7 +261,7 @@ class DecodeWorker(StageWorker):
             self.family.enable_low_memory_decode()
             self.low_memory = True
             self.faults.model_call()
-            decoded = self.family.decode(latents)
+            decoded = self.family.decode(latents, requests)
         frames = media.to_uint8(decoded)
         for row, row_frames in zip(rows, frames):
             self._write(batch, out, row, row_frames)

@@ -189,29 +189,27 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
 
 def run_bound(model, params: dict[str, Any], rows: int, batch_size: int, threads: int, num_gpus: float) -> dict[str, Any]:
     """(c): the denoiser alone in this process on precomputed embeddings."""
-    import numpy as np
     import psutil
 
-    from latentmill.models.base import Request
     from latentmill.pipelines.validate import derived_seed
+    from latentmill.rows import request_from
 
     family = model.family()
     prompts = base_prompts()
+    defaults = {"negative_prompt": "", "num_frames": 1, "fps": 0.0}
+    defaults.update({name: default for name, (_, default) in family.extra_parameters.items()})
     requests = []
     for i in range(rows):
         row_id = f"row-{i:07d}"
-        requests.append(Request(
-            id=row_id, prompt=prompts[i % len(prompts)], negative_prompt="", seed=derived_seed(0, row_id),
-            num_inference_steps=params["num_inference_steps"], guidance_scale=params["guidance_scale"],
-            height=params["height"], width=params["width"], num_frames=params.get("num_frames", 1),
-            fps=params.get("fps", 0.0)))
+        requests.append(request_from({**defaults, **params, "id": row_id, "prompt": prompts[i % len(prompts)],
+                                      "seed": derived_seed(0, row_id)}, tuple(family.extra_parameters)))
     batches = [requests[i:i + batch_size] for i in range(0, rows, batch_size)]
     device, dtype = family.prepare_runtime(num_gpus, "float32", threads)
     family.load_encoder(device, dtype)
     embeds = []
     for batch in batches:
         encoded = family.encode(batch).tensors
-        embeds.append({k: np.asarray(v, dtype=np.float32) for k, v in encoded.items()})
+        embeds.append(encoded)
     started = time.perf_counter()
     family.load_denoiser(device, dtype)
     load = time.perf_counter() - started

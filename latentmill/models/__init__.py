@@ -17,7 +17,7 @@ from pathlib import Path
 
 from typing import Any
 
-from latentmill.config import HiddenOptions
+from latentmill.io.hidden import HiddenOptions
 from latentmill.models.base import Family
 
 BUILTIN_PREFIX = "builtin:"
@@ -58,7 +58,6 @@ class ModelRef:
     """Everything a stage actor needs to find and load the model; small and picklable."""
 
     path: str  # as the user wrote it
-    local_dir: str  # a diffusers folder on this node (re-materialised on other nodes)
     pipeline_class: str
     content_hash: str
     storage_options: Any = field(default=None, repr=False)  # HiddenOptions: never printed
@@ -155,7 +154,6 @@ def resolve_model(path: str, storage_options: dict | None = None, allow_pickle: 
         )
     return ModelRef(
         path=path,
-        local_dir=str(local),
         pipeline_class=pipeline_class,
         content_hash=_content_hash(local),
         storage_options=HiddenOptions(storage_options or {}),

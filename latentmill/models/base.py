@@ -1,9 +1,11 @@
 """The model-family adapter interface.
 
-A family (Stable Diffusion, Wan, ...) knows how to load each stage's components from a diffusers
-checkpoint and how to run that stage on a batch. Everything family-specific (scaling factors, latent
-normalisation, frame rules) lives in the family's own module; adding a family is one new file in
-this package that defines a `Family` subclass with `pipeline_classes` set.
+A family knows how to load each stage's components from a diffusers checkpoint and how to run that
+stage on a batch. Two kinds implement it: `modular.ModularFamily` (any pipeline with a Modular
+Diffusers block set: the blocks declare each stage's components and the tensors that cross between
+stages) and `standard.StandardFamily` (a plain diffusers pipeline loaded partially per stage, for
+families without blocks). A family file only adds what neither says: validation rules, defaults,
+extra per-row parameters.
 """
 
 from __future__ import annotations
@@ -13,38 +15,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from latentmill import schema
+from latentmill.rows import Request
 
 if TYPE_CHECKING:
     import numpy as np
     import torch
 
 
-@dataclass(frozen=True)
-class Request:
-    """One validated generation request (one row)."""
-
-    id: str
-    prompt: str
-    negative_prompt: str
-    seed: int
-    num_inference_steps: int
-    guidance_scale: float
-    height: int
-    width: int
-    num_frames: int
-    fps: float
-
-    def denoise_group_key(self) -> tuple:
-        """Rows with equal keys can share one batched denoiser call."""
-        return (self.height, self.width, self.num_frames, self.num_inference_steps, self.guidance_scale)
-
-
 @dataclass
 class EncodedPrompts:
-    """Named embedding tensors per row (numpy, fixed shape); plus a per-row truncation flag."""
+    """Conditioning tensors by name, one numpy array per row (shapes may differ between rows, e.g.
+    variable-length embeddings), None where a row has no such tensor (no negatives without guidance);
+    plus a per-row truncation flag."""
 
-    tensors: dict[str, np.ndarray]
+    tensors: dict[str, list[np.ndarray | None]]
     truncated: list[bool] = field(default_factory=list)
 
 
@@ -55,8 +39,9 @@ class Family:
     pipeline_classes: ClassVar[tuple[str, ...]]  # diffusers `_class_name`s in model_index.json
     is_video: ClassVar[bool] = False
     defaults: ClassVar[dict[str, Any]]  # generation defaults for a checkpoint of this family
-    # Which components each stage loads (names in model_index.json).
-    stage_components: ClassVar[dict[str, tuple[str, ...]]]
+    # Extra per-row parameters: name -> (type, default). Each is a job default (`defaults:` section of
+    # the job file), an optional override column of the prompt table and a manifest column.
+    extra_parameters: ClassVar[dict[str, tuple[type, Any]]] = {}
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
@@ -116,91 +101,48 @@ class Family:
             return device, torch.float32  # many CPU kernels lack float16; stay correct
         return device, getattr(torch, dtype)
 
-    def load_encoder(self, device: torch.device, dtype: torch.dtype) -> None:
-        """Tokenizer(s) and text encoder(s) only, as a partial diffusers pipeline."""
-        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
-
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str]):
-        """The family pipeline's own prompt encoding -> (positive, negative) embeddings."""
+    def conditioning_columns(self) -> tuple[str, ...]:
+        """Names of the tensors the encode stage hands to the denoise stage."""
         raise NotImplementedError
 
-    def max_prompt_tokens(self) -> int:
-        return self.encode_pipe.tokenizer.model_max_length
+    def needs_negative(self, request: Request) -> bool:
+        """Whether this row's guidance uses negative (unconditional) embeddings."""
+        return request.guidance_scale > 1
+
+    def denoise_group_key(self, request: Request) -> tuple:
+        """Rows with equal keys can share one batched denoiser call."""
+        return (request.height, request.width, request.num_frames, request.num_inference_steps,
+                request.guidance_scale, request.extras)
+
+    def load_encoder(self, device: torch.device, dtype: torch.dtype) -> None:
+        raise NotImplementedError
 
     def encode(self, requests: list[Request]) -> EncodedPrompts:
-        import torch
-
-        prompts = [r.prompt for r in requests]
-        with torch.inference_mode():
-            positive, negative = self.encode_prompt(prompts, [r.negative_prompt for r in requests])
-        return EncodedPrompts(
-            tensors={
-                schema.PROMPT_EMBEDS: positive.float().cpu().numpy(),
-                schema.NEGATIVE_PROMPT_EMBEDS: negative.float().cpu().numpy(),
-            },
-            truncated=prompts_truncated(self.encode_pipe.tokenizer, prompts, self.max_prompt_tokens()),
-        )
-
-    def load_denoiser(self, device: torch.device, dtype: torch.dtype) -> None:
-        """The denoiser and scheduler only, as a partial diffusers pipeline in `self.denoise_pipe`."""
-        self.denoise_pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
-        self.denoise_dtype = dtype
-
-    def latent_shape(self, request: Request) -> tuple[int, ...]:
-        """Shape of one row's initial noise, without the batch axis."""
+        """Conditioning tensors per row, in the encoder's dtype; negatives only for rows that need them."""
         raise NotImplementedError
 
-    def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
-        """Family-specific arguments of the pipeline call for this group of rows."""
-        return {}
+    def load_denoiser(self, device: torch.device, dtype: torch.dtype) -> None:
+        raise NotImplementedError
 
-    def noise_dtype(self):
-        """The dtype the family's own pipeline draws its initial noise in (parity with it)."""
-        import torch
-
-        return torch.float32
-
-    def denoise(self, requests: list[Request], embeds: dict[str, np.ndarray]) -> list[np.ndarray]:
-        """Final latents per row, for rows of one denoise group (same size, steps and guidance).
+    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]]) -> list[np.ndarray]:
+        """Final latents (float32) per row, for rows of one denoise group.
 
         Each row draws its initial noise from its own generator, exactly as the plain pipeline does
         for a batch of one, and keeps that generator for any per-step noise; so a row's result does
         not depend on its batch mates.
         """
-        import torch
-
-        pipe = self.denoise_pipe
-        device, dtype = pipe.device, self.denoise_dtype
-        generators = [cpu_generator(r.seed) for r in requests]
-        noise = torch.cat(
-            [
-                torch.randn((1, *self.latent_shape(r)), generator=g, dtype=self.noise_dtype())
-                for r, g in zip(requests, generators)
-            ]
-        )
-        first = requests[0]
-        with torch.inference_mode():
-            latents = pipe(
-                prompt_embeds=torch.from_numpy(embeds[schema.PROMPT_EMBEDS]).to(device, dtype),
-                negative_prompt_embeds=torch.from_numpy(embeds[schema.NEGATIVE_PROMPT_EMBEDS]).to(device, dtype),
-                latents=noise.to(device),
-                generator=generators,
-                height=first.height,
-                width=first.width,
-                num_inference_steps=first.num_inference_steps,
-                guidance_scale=first.guidance_scale,
-                output_type="latent",
-                return_dict=False,
-                **self.denoise_call_kwargs(first),
-            )[0]
-        return list(latents.float().cpu().numpy())
+        raise NotImplementedError
 
     def load_decoder(self, device: torch.device, dtype: torch.dtype) -> None:
         raise NotImplementedError
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         """Latents of equal shape (B, ...) -> frames float32 in [0, 1], shape (B, F, H, W, 3)."""
         raise NotImplementedError
+
+    def loaded_modules(self) -> dict[str, Any]:
+        """The torch modules this process holds, by component name (what a stage actor loaded)."""
+        return {}
 
     def enable_low_memory_decode(self) -> None:
         """Trade speed for memory after an out-of-memory error (diffusers VAEs: tiling, slicing)."""
@@ -217,9 +159,30 @@ class Family:
         pipeline_class = getattr(diffusers, self.index["_class_name"])
         return pipeline_class.from_pretrained(self.model_dir).to(device)
 
+    def reference_kwargs(self, request: Request) -> dict[str, Any]:
+        """The family's own arguments of the plain pipeline's call for this row."""
+        kwargs = dict(request.extras)
+        if self.is_video:
+            kwargs["num_frames"] = request.num_frames
+        return kwargs
+
     def reference_generate(self, pipe, request: Request) -> np.ndarray:
         """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
-        raise NotImplementedError
+        import numpy as np
+
+        output = pipe(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            height=request.height,
+            width=request.width,
+            num_inference_steps=request.num_inference_steps,
+            guidance_scale=request.guidance_scale,
+            generator=cpu_generator(request.seed),
+            output_type="np",
+            **self.reference_kwargs(request),
+        )
+        frames = output.frames[0] if self.is_video else output.images[0][None]
+        return np.asarray(frames, dtype=np.float32)
 
 
 def quiet_libraries() -> None:
@@ -240,27 +203,3 @@ def cpu_generator(seed: int):
     import torch
 
     return torch.Generator("cpu").manual_seed(int(seed))
-
-
-def prompts_truncated(tokenizer, prompts: list[str], max_length: int) -> list[bool]:
-    """Which prompts the encoder will cut (they still run; the manifest flags them)."""
-    ids = tokenizer(prompts, truncation=False, add_special_tokens=True)["input_ids"]
-    return [len(row) > max_length for row in ids]
-
-
-def load_partial_pipeline(model_dir: Path, keep: tuple[str, ...], dtype, device):
-    """A diffusers pipeline with only the `keep` components loaded; every other one is None.
-
-    Each stage actor holds just its own weights, yet calls the family's own pipeline code, so its
-    maths is exactly the reference's.
-    """
-    import diffusers
-
-    index = json.loads((Path(model_dir) / "model_index.json").read_text())
-    pipeline_class = getattr(diffusers, index["_class_name"])
-    skipped = {name: None for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list)}
-    for name in keep:
-        skipped.pop(name, None)
-    pipe = pipeline_class.from_pretrained(model_dir, dtype=dtype, **skipped)
-    pipe.set_progress_bar_config(disable=True)
-    return pipe.to(device)

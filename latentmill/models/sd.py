@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
-from latentmill.models.base import Family, Request
+from latentmill.models.standard import StandardFamily
+from latentmill.rows import Request
 
 
-class StableDiffusion(Family):
+class StableDiffusion(StandardFamily):
     name = "stable-diffusion"
     pipeline_classes = ("StableDiffusionPipeline",)
     defaults = {"num_inference_steps": 50, "guidance_scale": 7.5, "height": 512, "width": 512, "fps": 0.0}
@@ -33,7 +32,7 @@ class StableDiffusion(Family):
 
     def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe
-        return pipe.encode_prompt(prompts, pipe.device, 1, True, negative_prompt=negative_prompts)
+        return pipe.encode_prompt(prompts, pipe.device, 1, negative_prompts is not None, negative_prompt=negative_prompts)
 
     def load_denoiser(self, device, dtype) -> None:
         super().load_denoiser(device, dtype)
@@ -50,7 +49,7 @@ class StableDiffusion(Family):
         self.vae = AutoencoderKL.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
         self.image_processor = VaeImageProcessor(vae_scale_factor=self.vae_scale_factor())
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch
 
         vae = self.vae
@@ -59,18 +58,3 @@ class StableDiffusion(Family):
             images = vae.decode(scaled, return_dict=False)[0]
             frames = self.image_processor.postprocess(images, output_type="np", do_denormalize=[True] * len(images))
         return frames[:, None].astype(np.float32)
-
-    def reference_generate(self, pipe, request: Request) -> np.ndarray:
-        from latentmill.models.base import cpu_generator
-
-        kwargs: dict[str, Any] = dict(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=cpu_generator(request.seed),
-            output_type="np",
-        )
-        return pipe(**kwargs).images[0][None].astype(np.float32)

@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from latentmill import schema
-from latentmill.models.base import EncodedPrompts, Family, Request
+from latentmill.models.base import EncodedPrompts, Family
+from latentmill.rows import Request
 
 _VERSION = "v1"
 PIPELINE_CLASS = "LatentmillSimulatedPipeline"
@@ -222,7 +222,7 @@ class Simulated(Family):
     name = "simulated"
     pipeline_classes = (PIPELINE_CLASS,)
     defaults: dict[str, Any] = {}
-    stage_components = {"encode": (), "denoise": (), "decode": ()}
+    conditioning = ("prompt_embeds", "negative_prompt_embeds")
 
     def __init__(self, model_dir: Path) -> None:
         super().__init__(model_dir)
@@ -294,6 +294,9 @@ class Simulated(Family):
     def load_decoder(self, device, dtype) -> None:
         pass
 
+    def conditioning_columns(self) -> tuple[str, ...]:
+        return self.conditioning
+
     def encode(self, requests: list[Request]) -> EncodedPrompts:
         self._sleep("encode", len(requests))
         shape = (len(requests), *self.profile["embed_shape"])
@@ -301,18 +304,19 @@ class Simulated(Family):
         positive = np.zeros(shape, dtype=dtype)
         negative = np.zeros(shape, dtype=dtype)
         positive[:, 0, 0] = [len(r.prompt) % 97 for r in requests]  # rows differ, cheaply
+        negative_rows = [row if self.needs_negative(r) else None for row, r in zip(negative, requests)]
         return EncodedPrompts(
-            tensors={schema.PROMPT_EMBEDS: positive, schema.NEGATIVE_PROMPT_EMBEDS: negative},
+            tensors={"prompt_embeds": list(positive), "negative_prompt_embeds": negative_rows},
             truncated=[False] * len(requests),
         )
 
-    def denoise(self, requests: list[Request], embeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]]) -> list[np.ndarray]:
         self._sleep("denoise", len(requests))
         dtype = np.dtype(self.profile["latent_dtype"])
         # Deterministic per row (its seed), independent of its batch mates; memset-cheap.
         return [np.full(self.latent_shape(r), (r.seed % 1000) / 1000.0, dtype=dtype) for r in requests]
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         """Small frames: (B, 2, 16, 16, 3) for video, (B, 1, 16, 16, 3) for images.
 
         Decoded pixels never leave the decode actor (it encodes and uploads them itself), so their

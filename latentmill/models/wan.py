@@ -6,13 +6,14 @@ from typing import Any
 
 import numpy as np
 
-from latentmill.models.base import Family, Request, cpu_generator
+from latentmill.models.standard import StandardFamily
+from latentmill.rows import Request
 
 # The length the pipeline's own __call__ pads and truncates prompts to.
 MAX_SEQUENCE_LENGTH = 512
 
 
-class Wan(Family):
+class Wan(StandardFamily):
     name = "wan"
     pipeline_classes = ("WanPipeline",)
     is_video = True
@@ -58,7 +59,7 @@ class Wan(Family):
         return pipe.encode_prompt(
             prompt=prompts,
             negative_prompt=negative_prompts,
-            do_classifier_free_guidance=True,
+            do_classifier_free_guidance=negative_prompts is not None,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
             device=pipe.device,
         )
@@ -73,7 +74,7 @@ class Wan(Family):
         self.vae = AutoencoderKLWan.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
         self.video_processor = VideoProcessor(vae_scale_factor=self._vae_factors()[1])
 
-    def decode(self, latents: np.ndarray) -> np.ndarray:
+    def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch
 
         vae = self.vae
@@ -85,19 +86,3 @@ class Wan(Family):
             video = vae.decode(x / inverse_std + mean, return_dict=False)[0]
             frames = self.video_processor.postprocess_video(video, output_type="np")
         return np.asarray(frames, dtype=np.float32)
-
-    def reference_generate(self, pipe, request: Request) -> np.ndarray:
-        return np.asarray(
-            pipe(
-                prompt=request.prompt,
-                negative_prompt=request.negative_prompt,
-                height=request.height,
-                width=request.width,
-                num_frames=request.num_frames,
-                num_inference_steps=request.num_inference_steps,
-                guidance_scale=request.guidance_scale,
-                generator=cpu_generator(request.seed),
-                output_type="np",
-            ).frames[0],
-            dtype=np.float32,
-        )

@@ -35,7 +35,10 @@ def _list_files(fs, path: str) -> list[str]:
     return sorted(p for p in found if not fs.isdir(p))
 
 
-def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column: str) -> PromptTable:
+def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column: str,
+                  extra_columns: tuple[str, ...] = ()) -> PromptTable:
+    """The table's files and the columns to read: prompt, id, the override columns present (the
+    request's and `extra_columns`, the model's extra per-row parameters)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -82,6 +85,6 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
                 "needs the same column types"
             ) from None
 
-    wanted = [prompt_column, id_column, *schema.OVERRIDE_COLUMNS]
+    wanted = [prompt_column, id_column, *schema.OVERRIDE_COLUMNS, *extra_columns]
     columns = tuple(dict.fromkeys(c for c in wanted if c in (names or [])))
     return PromptTable(uri=uri, files=tuple(files), columns=columns, num_rows=total, filesystem=fs)

@@ -80,6 +80,11 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         "model_hash": model_hash,
         "dtypes": [pool.dtype for _, pool in config.stages.items()],
     }
+    # Settings added later count only when set, so outputs of earlier versions still resume.
+    if not decisive["defaults"]["model_parameters"]:
+        del decisive["defaults"]["model_parameters"]
+    if config.stages.conditioning_dtype != "encoder":
+        decisive["conditioning_dtype"] = config.stages.conditioning_dtype
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -87,11 +92,12 @@ class ResultWriter:
     """Writes manifest and error rows as Parquet parts; a part is written only after its media."""
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
-                 flush_seconds: float, static: dict[str, Any]) -> None:
+                 flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = ()) -> None:
         from latentmill.io import storage
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.rows_per_part, self.static = run_id, rows_per_part, static
+        self.columns = {"manifest": schema.manifest_columns(extra_names), "errors": schema.ERROR_COLUMNS}
         self.pending: dict[str, list[dict[str, Any]]] = {"manifest": [], "errors": []}
         self.parts = {"manifest": 0, "errors": 0}
         self.flush_seconds = flush_seconds
@@ -113,7 +119,7 @@ class ResultWriter:
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
             else:
-                row = {name: _plain(batch[name][index]) for name in schema.MANIFEST_COLUMNS if name in batch}
+                row = {name: _plain(batch[name][index]) for name in self.columns["manifest"] if name in batch}
                 row.update(self.static)
                 self.pending["manifest"].append(row)
                 summary.outputs_written += 1
@@ -131,8 +137,7 @@ class ResultWriter:
         rows = self.pending[kind]
         if not rows:
             return
-        columns = schema.MANIFEST_COLUMNS if kind == "manifest" else schema.ERROR_COLUMNS
-        table = pa.Table.from_pylist(rows).select(list(columns))
+        table = pa.Table.from_pylist(rows).select(list(self.columns[kind]))
         buffer = io.BytesIO()
         pq.write_table(table, buffer)
         name = f"part-{self.run_id}-{self.parts[kind]:05d}.parquet"
@@ -186,20 +191,22 @@ def prepare(config: JobConfig):
     from latentmill.io.storage import StorageError, check_writable
     from latentmill.models import ModelError, resolve_model
     from latentmill.pipelines.inputs import InputError, inspect_table
-    from latentmill.pipelines.validate import RowRules, resolve_defaults
+    from latentmill.pipelines.validate import DefaultsError, RowRules, resolve_defaults
 
     options = config.storage.fsspec_options()
     try:
-        table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column)
-        check_writable(config.output.uri, options)
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
-    except (InputError, StorageError, ModelError) as exc:
+        family = model.family()
+        defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
+        table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
+                              tuple(family.extra_parameters))
+        check_writable(config.output.uri, options)
+    except (InputError, StorageError, ModelError, DefaultsError) as exc:
         raise JobError(str(exc)) from None
-    family = model.family()
     rules = RowRules(
         prompt_column=config.input.prompt_column,
         id_column=config.input.id_column,
-        defaults=resolve_defaults(config.defaults, family.generation_defaults()),
+        defaults=defaults,
         job_seed=config.defaults.seed,
         limits=config.limits,
         family=family,
@@ -251,7 +258,7 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
         "job_fingerprint": fingerprint,
     }
     writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
-                          config.output.manifest_flush_seconds, static)
+                          config.output.manifest_flush_seconds, static, tuple(family.extra_parameters))
     job_metrics = DriverMetrics(config.model.path, config.metrics.job_name)
     try:
         job_metrics.serve(config.metrics.port, config.metrics.address)  # port None: not served

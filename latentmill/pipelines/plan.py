@@ -6,7 +6,8 @@ from typing import Any
 
 from latentmill import schema
 from latentmill.actors.stages import stage_workers, default_threads
-from latentmill.config import HiddenOptions, JobConfig, PoolSettings
+from latentmill.config import JobConfig, PoolSettings
+from latentmill.io.hidden import HiddenOptions
 from latentmill.faults import forwarded_env
 from latentmill.models import ModelRef
 from latentmill.pipelines.inputs import PromptTable
@@ -46,7 +47,6 @@ def worker_kwargs(pool: PoolSettings, model: ModelRef) -> dict[str, Any]:
 def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model: ModelRef,
                   storage_options: dict[str, Any], ledger=None, done=None):
     import pyarrow.fs
-    import ray.data
 
     filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(table.filesystem))
     ds = _read_parquet(list(table.files), filesystem).select_columns(list(table.columns))
@@ -65,6 +65,8 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     for stage, pool in config.stages.items():
         kwargs = worker_kwargs(pool, model)
         kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
+        if stage == schema.STAGE_ENCODE:
+            kwargs["conditioning_float32"] = config.stages.conditioning_dtype == "float32"
         if stage == schema.STAGE_DECODE:
             kwargs.update(
                 output_uri=config.output.uri,

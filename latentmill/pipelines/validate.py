@@ -16,7 +16,8 @@ import numpy as np
 
 from latentmill import schema
 from latentmill.config import GenerationDefaults, Limits
-from latentmill.models.base import Family, Request
+from latentmill.models.base import Family
+from latentmill.rows import Request, empty_request_columns, request_from, write_request
 
 SEED_LIMIT = 2**63
 
@@ -34,12 +35,29 @@ class RowRules:
     samples_per_prompt: int = 1
 
 
-def resolve_defaults(job: GenerationDefaults, model_defaults: dict[str, Any]) -> dict[str, Any]:
-    """Job defaults where given, else the model's own."""
+class DefaultsError(ValueError):
+    """Job defaults the model cannot take; the message names the parameter and the fix."""
+
+
+def resolve_defaults(job: GenerationDefaults, model_defaults: dict[str, Any],
+                     extra_parameters: dict[str, tuple[type, Any]] | None = None) -> dict[str, Any]:
+    """Job defaults where given, else the model's own; the family's extra parameters included."""
+    extra_parameters = extra_parameters or {}
     resolved = {schema.NEGATIVE_PROMPT: job.negative_prompt}
     for name in (schema.STEPS, schema.GUIDANCE, schema.HEIGHT, schema.WIDTH, schema.NUM_FRAMES, schema.FPS):
         value = getattr(job, name)
         resolved[name] = value if value is not None else model_defaults.get(name, 1 if name == schema.NUM_FRAMES else 0)
+    unknown = sorted(set(job.model_parameters) - set(extra_parameters))
+    if unknown:
+        known = ", ".join(sorted(extra_parameters)) or "none"
+        raise DefaultsError(f"defaults.model_parameters has {', '.join(unknown)}, which this model does not take "
+                            f"(its extra parameters: {known})")
+    for name, (kind, family_default) in extra_parameters.items():
+        value = job.model_parameters.get(name, model_defaults.get(name, family_default))
+        try:
+            resolved[name] = _coerce(name, value, kind)
+        except RowError as exc:
+            raise DefaultsError(f"defaults.model_parameters: {exc}") from None
     return resolved
 
 
@@ -120,7 +138,8 @@ def to_requests(row: dict[str, Any], rules: RowRules) -> list[Request]:
         raise RowError(f"prompt has {len(prompt)} characters, above limits.max_prompt_chars {rules.limits.max_prompt_chars}")
 
     overrides = {}
-    for column, kind in schema.OVERRIDE_COLUMNS.items():
+    extra_types = {name: kind for name, (kind, _) in rules.family.extra_parameters.items()}
+    for column, kind in {**schema.OVERRIDE_COLUMNS, **extra_types}.items():
         if column != rules.prompt_column and row.get(column) is not None:
             overrides[column] = _coerce(column, row[column], kind)
 
@@ -146,18 +165,8 @@ def to_requests(row: dict[str, Any], rules: RowRules) -> list[Request]:
         else:
             sample_id = f"{row_id}-s{sample}"
             seed = derived_seed(base_seed if base_seed is not None else rules.job_seed, sample_id)
-        request = Request(
-            id=sample_id,
-            prompt=prompt,
-            negative_prompt=values[schema.NEGATIVE_PROMPT],
-            seed=seed,
-            num_inference_steps=values[schema.STEPS],
-            guidance_scale=float(values[schema.GUIDANCE]),
-            height=values[schema.HEIGHT],
-            width=values[schema.WIDTH],
-            num_frames=values[schema.NUM_FRAMES],
-            fps=float(values[schema.FPS]),
-        )
+        request = request_from({**values, schema.ID: sample_id, schema.PROMPT: prompt, schema.SEED: seed},
+                               tuple(extra_types))
         _check_limits(request, rules.limits, rules.family)
         requests.append(request)
     return requests
@@ -168,27 +177,6 @@ def _fallback_id(row: dict[str, Any], rules: RowRules) -> str:
     if raw is not None and str(raw).strip():
         return str(raw)
     return "p" + hashlib.sha256(json.dumps(row, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def empty_request_columns(size: int) -> dict[str, np.ndarray]:
-    return {
-        schema.ID: np.empty(size, dtype=object),
-        schema.PROMPT: np.empty(size, dtype=object),
-        schema.NEGATIVE_PROMPT: np.empty(size, dtype=object),
-        schema.SEED: np.zeros(size, dtype=np.int64),
-        schema.STEPS: np.zeros(size, dtype=np.int64),
-        schema.GUIDANCE: np.zeros(size, dtype=np.float64),
-        schema.HEIGHT: np.zeros(size, dtype=np.int64),
-        schema.WIDTH: np.zeros(size, dtype=np.int64),
-        schema.NUM_FRAMES: np.zeros(size, dtype=np.int64),
-        schema.FPS: np.zeros(size, dtype=np.float64),
-        schema.SAMPLE_INDEX: np.zeros(size, dtype=np.int64),
-        schema.PROMPT_TRUNCATED: np.zeros(size, dtype=bool),
-        schema.INPUT_ROW: np.empty(size, dtype=object),
-        schema.ERROR_STAGE: np.full(size, "", dtype=object),
-        schema.ERROR_TYPE: np.full(size, "", dtype=object),
-        schema.ERROR_MESSAGE: np.full(size, "", dtype=object),
-    }
 
 
 def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, np.ndarray]:
@@ -218,7 +206,7 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
         claimed = ray.get(ledger.claim.remote([results[i][0] for i in claimable]))
         duplicate_positions = {i for i, first in zip(claimable, claimed) if not first}
 
-    out = empty_request_columns(len(results))
+    out = empty_request_columns(len(results), {n: kind for n, (kind, _) in rules.family.extra_parameters.items()})
     for index, (row_id, sample, input_row, request, error) in enumerate(results):
         out[schema.ID][index] = row_id
         out[schema.SAMPLE_INDEX][index] = sample
@@ -236,23 +224,7 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
             out[schema.ERROR_TYPE][index] = "InvalidRow"
             out[schema.ERROR_MESSAGE][index] = error
             continue
-        for name in schema.REQUEST_COLUMNS:
-            out[name][index] = getattr(request, name)
+        write_request(out, index, request)
         if done is not None and row_id in done:
             out[schema.ERROR_STAGE][index] = schema.ALREADY_DONE
     return out
-
-
-def request_from_columns(batch: dict[str, np.ndarray], index: int) -> Request:
-    return Request(
-        id=str(batch[schema.ID][index]),
-        prompt=str(batch[schema.PROMPT][index]),
-        negative_prompt=str(batch[schema.NEGATIVE_PROMPT][index]),
-        seed=int(batch[schema.SEED][index]),
-        num_inference_steps=int(batch[schema.STEPS][index]),
-        guidance_scale=float(batch[schema.GUIDANCE][index]),
-        height=int(batch[schema.HEIGHT][index]),
-        width=int(batch[schema.WIDTH][index]),
-        num_frames=int(batch[schema.NUM_FRAMES][index]),
-        fps=float(batch[schema.FPS][index]),
-    )

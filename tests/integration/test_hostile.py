@@ -278,7 +278,7 @@ def test_pickle_weights_are_accepted_when_explicitly_allowed(pickled_model, tmp_
     config = load_config(None, {"input": {"uri": str(table)}, "output": {"uri": str(tmp_path / "out")},
                                 "model": {"path": str(pickled_model), "allow_pickle": True}})
     _, _, model, family, _ = prepare(config)  # every up-front check passes
-    assert model.local_dir == str(pickled_model) and family.name == "stable-diffusion"
+    assert family.model_dir == pickled_model and family.name == "stable-diffusion"
     config.model.allow_pickle = False
     with pytest.raises(JobError, match="pickle weights"):
         run_job(config)

@@ -129,7 +129,7 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     import numpy as np
 
     from latentmill.models import resolve_model
-    from latentmill.models.base import Request
+    from latentmill.rows import Request
 
     monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
     ref = resolve_model("builtin:sim-wan14b-50@0.001")
@@ -142,13 +142,14 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     started = time.perf_counter()
     encoded = family.encode([request, request])
     latents = family.denoise([request, request], encoded.tensors)
-    frames = family.decode(np.stack(latents))
+    frames = family.decode(np.stack(latents), [request, request])
     # At half a device, twice the scaled time: (t0 + 2 t1) * 2 per stage.
     costs = family.spec["stage_costs"]
     expected = sum(2 * (c["t0"] + 2 * c["t1"]) for c in costs.values())
     assert time.perf_counter() - started >= expected * 0.99
-    assert encoded.tensors["prompt_embeds"].shape == (2, 512, 4096)
-    assert encoded.tensors["prompt_embeds"].dtype == np.float16
+    assert [row.shape for row in encoded.tensors["prompt_embeds"]] == [(512, 4096)] * 2
+    assert encoded.tensors["prompt_embeds"][0].dtype == np.float16
+    assert encoded.tensors["negative_prompt_embeds"][0].shape == (512, 4096)  # guidance 5: negatives shipped
     assert latents[0].shape == (16, 21, 60, 104) and latents[0].dtype == np.float16
     assert frames.shape == (2, 2, 16, 16, 3) and frames.dtype == np.float32
     assert 0 <= frames.min() and frames.max() <= 1
@@ -163,11 +164,11 @@ def test_simulated_actor_path_never_imports_torch(tmp_path):
         "import sys, numpy as np\n"
         "from latentmill.actors.stages import DenoiseWorker\n"
         "from latentmill.models import resolve_model\n"
-        "from latentmill.models.base import Request\n"
+        "from latentmill.rows import Request\n"
         "f = resolve_model('builtin:sim-sdxl-30@0.001').family()\n"
         "f.prepare_runtime(1.0, 'float16', 1)\n"
         "r = Request('a', 'p', '', 1, 30, 5.0, 1024, 1024, 1, 0.0)\n"
-        "f.decode(np.stack(f.denoise([r], f.encode([r]).tensors)))\n"
+        "f.decode(np.stack(f.denoise([r], f.encode([r]).tensors)), [r])\n"
         "assert 'torch' not in sys.modules and 'diffusers' not in sys.modules, 'imported torch'\n"
     )
     env = {**os.environ, "LATENTMILL_CACHE": str(tmp_path)}

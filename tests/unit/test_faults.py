@@ -14,6 +14,7 @@ import pytest
 
 from latentmill import faults, schema
 from latentmill.faults import ENV, Fault, FaultInjector, forwarded_env, parse
+from latentmill.models import tensors
 
 # --------------------------------------------------------------------------------------------
 # parse / injector
@@ -113,15 +114,20 @@ class FakeFamily:
     """Deterministic stand-in: latents from the seed, frames from the latents' mean."""
 
     is_video = False
+    extra_parameters: dict = {}
 
     def __init__(self) -> None:
         self.decode_calls: list[int] = []
         self.low_memory = False
 
-    def denoise(self, requests, embeds):
+    def denoise_group_key(self, request):
+        return (request.height, request.width)
+
+    def denoise(self, requests, conditioning):
+        assert all(value.shape == (3, 4) for value in conditioning["prompt_embeds"])
         return [np.full((4, 2, 2), r.seed % 7, dtype=np.float32) for r in requests]
 
-    def decode(self, latents):
+    def decode(self, latents, requests):
         self.decode_calls.append(len(latents))
         values = latents.mean(axis=(1, 2, 3)) / 10
         return np.broadcast_to(values[:, None, None, None, None], (len(latents), 1, 8, 8, 3)).astype(np.float32)
@@ -136,7 +142,7 @@ class NullBackend:
 
 
 def request_batch(ids: list[str], failed: dict[str, str] | None = None) -> dict[str, np.ndarray]:
-    from latentmill.pipelines.validate import empty_request_columns
+    from latentmill.rows import empty_request_columns
 
     batch = empty_request_columns(len(ids))
     for i, row_id in enumerate(ids):
@@ -170,7 +176,7 @@ def make_worker(cls, monkeypatch, fault_text: str, **attributes):
 def denoise_worker(monkeypatch, fault_text=""):
     from latentmill.actors.stages import DenoiseWorker
 
-    return make_worker(DenoiseWorker, monkeypatch, fault_text)
+    return make_worker(DenoiseWorker, monkeypatch, fault_text, columns=("prompt_embeds",))
 
 
 def decode_worker(monkeypatch, tmp_path, fault_text=""):
@@ -185,8 +191,7 @@ def decode_worker(monkeypatch, tmp_path, fault_text=""):
 def denoised(ids, monkeypatch, fault_text="", failed=None):
     batch = request_batch(ids, failed)
     size = len(ids)
-    batch[schema.PROMPT_EMBEDS] = np.zeros((size, 3, 4), dtype=np.float32)
-    batch[schema.NEGATIVE_PROMPT_EMBEDS] = np.zeros((size, 3, 4), dtype=np.float32)
+    batch["prompt_embeds"] = np.array([tensors.pack(np.zeros((3, 4), dtype=np.float32))] * size, dtype=object)
     return denoise_worker(monkeypatch, fault_text)(batch)
 
 

@@ -2,4 +2,127 @@
 
 from __future__ import annotations
 
-MODELS: dict = {}
+from pathlib import Path
+
+from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer, train_t5_tokenizer
+
+# T5 prompt length. FluxPipeline's default is 512 (Flux.1-dev's); the tiny tokenizer splits
+# prompts into few tokens, so a short length keeps the joint attention small and fast.
+MAX_SEQUENCE_LENGTH = 64
+
+
+def build_tiny_flux(dest: Path) -> None:
+    """Write a tiny Flux.1-dev-style checkpoint (FluxPipeline) to `dest`.
+
+    Same layout as the real model: a CLIP text encoder (pooled output) and a T5 encoder (token
+    embeddings), a guidance-distilled FluxTransformer2DModel (`guidance_embeds=True`), a 16-channel
+    VAE with Flux's scaling/shift factors and 8x spatial compression (16 pixels per token after
+    the 2x2 packing), and Flux.1-dev's dynamically shifted flow-matching scheduler. 64x64 images
+    by default.
+    """
+    import torch
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
+
+    tokenizer = train_clip_tokenizer()
+    tokenizer_2 = train_t5_tokenizer()
+    with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
+        torch.manual_seed(SEED)
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=len(tokenizer),
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                max_position_embeddings=77,
+                projection_dim=32,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        torch.manual_seed(SEED)
+        # T5 v1.1 layout (gated-GELU feed-forward), as Flux's T5-XXL encoder.
+        text_encoder_2 = T5EncoderModel(
+            T5Config(
+                vocab_size=len(tokenizer_2),
+                d_model=32,
+                d_kv=8,
+                d_ff=64,
+                num_layers=2,
+                num_heads=4,
+                feed_forward_proj="gated-gelu",
+                dropout_rate=0.0,
+                tie_word_embeddings=False,
+                pad_token_id=tokenizer_2.pad_token_id,
+                eos_token_id=tokenizer_2.eos_token_id,
+                decoder_start_token_id=tokenizer_2.pad_token_id,
+            )
+        )
+        torch.manual_seed(SEED)
+        transformer = FluxTransformer2DModel(
+            patch_size=1,
+            in_channels=64,  # 16 latent channels x 2x2 packing
+            num_layers=2,
+            num_single_layers=2,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,  # T5 d_model
+            pooled_projection_dim=32,  # CLIP hidden size (FluxPipeline uses the pooler output)
+            guidance_embeds=True,  # Flux.1-dev (guidance-distilled); Flux.1-schnell has none
+            axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
+        )
+        torch.manual_seed(SEED)
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            block_out_channels=(16, 16, 32, 32),
+            layers_per_block=1,
+            latent_channels=16,
+            norm_num_groups=8,
+            sample_size=64,
+            scaling_factor=0.3611,  # Flux.1's VAE values
+            shift_factor=0.1159,
+            use_quant_conv=False,
+            use_post_quant_conv=False,
+        )
+    # Flux.1-dev's scheduler settings (the shift mu depends on the image's token count).
+    scheduler = FlowMatchEulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+    pipe = FluxPipeline(
+        scheduler=scheduler,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        text_encoder_2=text_encoder_2,
+        tokenizer_2=tokenizer_2,
+        transformer=transformer,
+        image_encoder=None,
+        feature_extractor=None,
+    )
+    pipe.save_pretrained(dest, safe_serialization=True)
+
+
+MODELS = {
+    "tiny-flux": (
+        build_tiny_flux,
+        {
+            "height": 64,
+            "width": 64,
+            "num_inference_steps": 4,
+            "guidance_scale": 3.5,
+            "max_sequence_length": MAX_SEQUENCE_LENGTH,
+        },
+    ),
+}

@@ -1,0 +1,202 @@
+"""The generic family: any checkpoint whose pipeline has a Modular Diffusers block set.
+
+diffusers' block sets (`FluxAutoBlocks`, `StableDiffusionXLAutoBlocks`, ...) have sub-blocks that are
+exactly latentmill's stages: `text_encoder`, `denoise`, `decode`. Each declares the components it
+needs (`expected_components`), the values it takes (`inputs`) and the values it produces
+(`intermediate_outputs`). So the model, not this module, says what each actor loads and which named
+tensors cross from the encode pool to the denoise pool. A family file subclasses `ModularFamily` only
+for what the blocks do not say: which pipeline classes, defaults, validation rules, extra per-row
+parameters.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any, ClassVar
+
+import numpy as np
+
+from latentmill import schema
+from latentmill.models import tensors
+from latentmill.models.base import EncodedPrompts, Family, cpu_generator
+from latentmill.rows import Request
+
+# latentmill stage -> the sub-block of a modular block set that runs it
+STAGE_BLOCKS = {schema.STAGE_ENCODE: "text_encoder", schema.STAGE_DENOISE: "denoise", schema.STAGE_DECODE: "decode"}
+
+
+class StageLoadError(RuntimeError):
+    """A stage's components could not be loaded from the checkpoint."""
+
+
+class ModularFamily(Family):
+    blocks_class: ClassVar[str]  # name in diffusers.modular_pipelines
+    prompt_tokenizer: ClassVar[str] = "tokenizer"  # the tokenizer whose limit decides `prompt_truncated`
+    # The request parameter the guider's scale comes from (classifier-free guidance with negatives).
+    guider_parameter: ClassVar[str] = schema.GUIDANCE
+
+    # ---- what the blocks declare (cheap: no weights) ---------------------------------------------
+
+    @cached_property
+    def blocks(self):
+        import diffusers.modular_pipelines
+
+        return getattr(diffusers.modular_pipelines, self.blocks_class)()
+
+    def stage_block(self, stage: str):
+        return self.blocks.sub_blocks[STAGE_BLOCKS[stage]]
+
+    def stage_components(self, stage: str) -> list[str]:
+        """The checkpoint components a stage's actor loads: its sub-block's pretrained components."""
+        specs = self.stage_block(stage).expected_components
+        return [spec.name for spec in specs if spec.default_creation_method == "from_pretrained" and spec.name in self.index]
+
+    def conditioning_columns(self) -> tuple[str, ...]:
+        produced = [output.name for output in self.stage_block(schema.STAGE_ENCODE).intermediate_outputs]
+        consumed = set(self.stage_block(schema.STAGE_DENOISE).input_names)
+        return tuple(name for name in produced if name in consumed)
+
+    def guider_scale(self, request: Request) -> float:
+        return float(dict(request.extras).get(self.guider_parameter, request.guidance_scale))
+
+    def needs_negative(self, request: Request) -> bool:
+        return self.guider_scale(request) > 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        state.pop("blocks", None)  # rebuilt where needed
+        return state
+
+    # ---- loading ----------------------------------------------------------------------------------
+
+    def _load_stage(self, stage: str, device, dtype):
+        pipe = self.stage_block(stage).init_pipeline(str(self.model_dir))
+        names = self.stage_components(stage)
+        pipe.load_components(names=names, dtype=dtype)  # logs instead of raising on a broken component
+        missing = [name for name in names if getattr(pipe, name, None) is None]
+        if missing:
+            raise StageLoadError(
+                f"component(s) {', '.join(missing)} of {self.model_dir} could not be loaded for the {stage} stage"
+            )
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    def loaded_modules(self) -> dict[str, Any]:
+        import torch
+
+        found = {}
+        for attribute in ("encode_pipe", "denoise_pipe", "decode_pipe"):
+            pipe = getattr(self, attribute, None)
+            if pipe is not None:
+                found.update({n: c for n, c in pipe.components.items() if isinstance(c, torch.nn.Module)})
+        return found
+
+    def _set_guider(self, pipe, request: Request) -> None:
+        """Classifier-free guidance as the plain pipelines do it: on only above a scale of 1."""
+        guider = getattr(pipe, "guider", None)
+        if guider is None:
+            return
+        scale = self.guider_scale(request)
+        if guider.config.get("guidance_scale") != scale or guider.config.get("enabled") != (scale > 1):
+            pipe.update_components(guider=guider.new(guidance_scale=scale, enabled=scale > 1))
+
+    def _call_kwargs(self, stage: str, request: Request) -> dict[str, Any]:
+        """The row's extra parameters that this stage's block takes as inputs."""
+        accepted = set(self.stage_block(stage).input_names)
+        return {name: value for name, value in request.extras if name in accepted}
+
+    # ---- encode -----------------------------------------------------------------------------------
+
+    def load_encoder(self, device, dtype) -> None:
+        self.encode_pipe = self._load_stage(schema.STAGE_ENCODE, device, dtype)
+
+    def encode(self, requests: list[Request]) -> EncodedPrompts:
+        import torch
+
+        columns = self.conditioning_columns()
+        out: dict[str, list[np.ndarray | None]] = {name: [None] * len(requests) for name in columns}
+        groups: dict[tuple, list[int]] = {}
+        for i, request in enumerate(requests):
+            key = (self.needs_negative(request), tuple(sorted(self._call_kwargs(schema.STAGE_ENCODE, request).items())))
+            groups.setdefault(key, []).append(i)
+        accepts_negative = "negative_prompt" in self.stage_block(schema.STAGE_ENCODE).input_names
+        for (with_negative, _), rows in groups.items():
+            first = requests[rows[0]]
+            self._set_guider(self.encode_pipe, first)
+            kwargs = self._call_kwargs(schema.STAGE_ENCODE, first)
+            if with_negative and accepts_negative:
+                kwargs["negative_prompt"] = [requests[i].negative_prompt for i in rows]
+            with torch.inference_mode():
+                state = self.encode_pipe(prompt=[requests[i].prompt for i in rows], output=list(columns), **kwargs)
+            for name in columns:
+                if name.startswith("negative_") and not with_negative:
+                    continue  # never shipped for rows whose guidance does not use them
+                for i, value in zip(rows, tensors.rows_of(state.get(name), len(rows))):
+                    out[name][i] = value
+        return EncodedPrompts(tensors=out, truncated=self.prompts_truncated(requests))
+
+    def prompts_truncated(self, requests: list[Request]) -> list[bool]:
+        """Which prompts the main text encoder cuts (they still run; the manifest flags them)."""
+        tokenizer = getattr(self.encode_pipe, self.prompt_tokenizer, None)
+        if tokenizer is None:
+            return [False] * len(requests)
+        flags = []
+        for request in requests:
+            limit = dict(request.extras).get("max_sequence_length", tokenizer.model_max_length)
+            ids = tokenizer(request.prompt, truncation=False, add_special_tokens=True)["input_ids"]
+            flags.append(len(ids) > limit)
+        return flags
+
+    # ---- denoise ----------------------------------------------------------------------------------
+
+    def load_denoiser(self, device, dtype) -> None:
+        self.denoise_pipe = self._load_stage(schema.STAGE_DENOISE, device, dtype)
+        self.denoise_dtype = dtype
+
+    def denoise(self, requests, conditioning):
+        import torch
+
+        pipe, first = self.denoise_pipe, requests[0]
+        kwargs: dict[str, Any] = {}
+        for name, rows in conditioning.items():
+            if any(row is None for row in rows):
+                continue  # e.g. negatives of rows without guidance: the group has none
+            value = tensors.stack_rows(rows).to(pipe.device)
+            kwargs[name] = value.to(self.denoise_dtype) if value.is_floating_point() else value
+        accepted = set(self.stage_block(schema.STAGE_DENOISE).input_names)
+        if schema.GUIDANCE in accepted:
+            kwargs[schema.GUIDANCE] = first.guidance_scale
+        if self.is_video:
+            kwargs[schema.NUM_FRAMES] = first.num_frames
+        kwargs.update(self._call_kwargs(schema.STAGE_DENOISE, first))
+        self._set_guider(pipe, first)
+        with torch.inference_mode():
+            latents = pipe(
+                generator=[cpu_generator(r.seed) for r in requests],
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.num_inference_steps,
+                output=schema.LATENTS,
+                **kwargs,
+            )
+        return [row.float().cpu().numpy() for row in latents]
+
+    # ---- decode -----------------------------------------------------------------------------------
+
+    def load_decoder(self, device, dtype) -> None:
+        self.decode_pipe = self._load_stage(schema.STAGE_DECODE, device, dtype)
+        self.vae = self.decode_pipe.vae
+
+    def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
+        import torch
+
+        pipe, first = self.decode_pipe, requests[0]
+        block = self.stage_block(schema.STAGE_DECODE)
+        accepted = set(block.input_names)
+        kwargs = {name: getattr(first, name) for name in (schema.HEIGHT, schema.WIDTH) if name in accepted}
+        output = "videos" if self.is_video else "images"
+        with torch.inference_mode():
+            frames = pipe(latents=torch.from_numpy(latents).to(pipe.device), output_type="np", output=output, **kwargs)
+        frames = np.asarray(frames, dtype=np.float32)
+        return frames if self.is_video else frames[:, None]

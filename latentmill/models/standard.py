@@ -1,0 +1,145 @@
+"""Families without a Modular Diffusers block set: the plain pipeline, loaded partially per stage.
+
+Each stage actor loads the family's own diffusers pipeline class with only its stage's components
+(every other one None) and calls the pipeline's own prompt encoding and denoising loop, so its maths
+is exactly the reference's. The conditioning is the pipeline's `prompt_embeds` and, for rows whose
+guidance needs it, `negative_prompt_embeds`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from latentmill.models import tensors
+from latentmill.models.base import EncodedPrompts, Family, cpu_generator
+from latentmill.rows import Request
+
+PROMPT_EMBEDS = "prompt_embeds"
+NEGATIVE_PROMPT_EMBEDS = "negative_prompt_embeds"
+
+
+class StandardFamily(Family):
+    # Which components each stage loads (names in model_index.json).
+    stage_components: ClassVar[dict[str, tuple[str, ...]]]
+
+    def conditioning_columns(self) -> tuple[str, ...]:
+        return (PROMPT_EMBEDS, NEGATIVE_PROMPT_EMBEDS)
+
+    def load_encoder(self, device, dtype) -> None:
+        self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
+
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None):
+        """The family pipeline's own prompt encoding -> (positive, negative or None) embeddings."""
+        raise NotImplementedError
+
+    def max_prompt_tokens(self) -> int:
+        return self.encode_pipe.tokenizer.model_max_length
+
+    def encode(self, requests: list[Request]) -> EncodedPrompts:
+        import torch
+
+        positive: list[np.ndarray | None] = [None] * len(requests)
+        negative: list[np.ndarray | None] = [None] * len(requests)
+        for with_negative in (True, False):
+            rows = [i for i, r in enumerate(requests) if self.needs_negative(r) == with_negative]
+            if not rows:
+                continue
+            negatives = [requests[i].negative_prompt for i in rows] if with_negative else None
+            with torch.inference_mode():
+                pos, neg = self.encode_prompt([requests[i].prompt for i in rows], negatives)
+            for i, value in zip(rows, tensors.rows_of(pos, len(rows))):
+                positive[i] = value
+            if with_negative:
+                for i, value in zip(rows, tensors.rows_of(neg, len(rows))):
+                    negative[i] = value
+        prompts = [r.prompt for r in requests]
+        return EncodedPrompts(
+            tensors={PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative},
+            truncated=prompts_truncated(self.encode_pipe.tokenizer, prompts, self.max_prompt_tokens()),
+        )
+
+    def load_denoiser(self, device, dtype) -> None:
+        self.denoise_pipe = load_partial_pipeline(self.model_dir, self.stage_components["denoise"], dtype, device)
+        self.denoise_dtype = dtype
+
+    def latent_shape(self, request: Request) -> tuple[int, ...]:
+        """Shape of one row's initial noise, without the batch axis."""
+        raise NotImplementedError
+
+    def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
+        """Family-specific arguments of the pipeline call for this group of rows."""
+        return {}
+
+    def noise_dtype(self):
+        """The dtype the family's own pipeline draws its initial noise in (parity with it)."""
+        import torch
+
+        return torch.float32
+
+    def denoise(self, requests, conditioning):
+        import torch
+
+        pipe = self.denoise_pipe
+        device, dtype = pipe.device, self.denoise_dtype
+        generators = [cpu_generator(r.seed) for r in requests]
+        noise = torch.cat(
+            [
+                torch.randn((1, *self.latent_shape(r)), generator=g, dtype=self.noise_dtype())
+                for r, g in zip(requests, generators)
+            ]
+        )
+        first = requests[0]
+        embeds = {}
+        for name, rows in conditioning.items():
+            if all(row is not None for row in rows):
+                embeds[name] = tensors.stack_rows(rows).to(device, dtype)
+        with torch.inference_mode():
+            latents = pipe(
+                **embeds,
+                latents=noise.to(device),
+                generator=generators,
+                height=first.height,
+                width=first.width,
+                num_inference_steps=first.num_inference_steps,
+                guidance_scale=first.guidance_scale,
+                output_type="latent",
+                return_dict=False,
+                **self.denoise_call_kwargs(first),
+            )[0]
+        return list(latents.float().cpu().numpy())
+
+    def loaded_modules(self) -> dict[str, Any]:
+        import torch
+
+        found = {}
+        for attribute in ("encode_pipe", "denoise_pipe"):
+            pipe = getattr(self, attribute, None)
+            if pipe is not None:
+                found.update({name: c for name, c in pipe.components.items() if isinstance(c, torch.nn.Module)})
+        if getattr(self, "vae", None) is not None:
+            found["vae"] = self.vae
+        return found
+
+
+def prompts_truncated(tokenizer, prompts: list[str], max_length: int) -> list[bool]:
+    """Which prompts the encoder will cut (they still run; the manifest flags them)."""
+    ids = tokenizer(prompts, truncation=False, add_special_tokens=True)["input_ids"]
+    return [len(row) > max_length for row in ids]
+
+
+def load_partial_pipeline(model_dir: Path, keep: tuple[str, ...], dtype, device):
+    """A diffusers pipeline with only the `keep` components loaded; every other one is None."""
+    import diffusers
+
+    index = json.loads((Path(model_dir) / "model_index.json").read_text())
+    pipeline_class = getattr(diffusers, index["_class_name"])
+    skipped = {name: None for name, spec in index.items() if not name.startswith("_") and isinstance(spec, list)}
+    for name in keep:
+        skipped.pop(name, None)
+    pipe = pipeline_class.from_pretrained(model_dir, dtype=dtype, **skipped)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe.to(device)
