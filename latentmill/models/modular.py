@@ -70,8 +70,20 @@ class ModularFamily(Family):
     # ---- loading ----------------------------------------------------------------------------------
 
     def _load_stage(self, stage: str, device, dtype):
+        """A pipeline of the stage's sub-block holding only that stage's weights.
+
+        The denoise blocks also ask for the VAE (and some for a text encoder) just to read their
+        configs (scale factors, latent channels); those get a weightless stand-in with the real config,
+        so the denoise actor holds no VAE or text-encoder weights and still derives the checkpoint's
+        own factors instead of the blocks' defaults.
+        """
         pipe = self.stage_block(stage).init_pipeline(str(self.model_dir))
         names = self.stage_components(stage)
+        borrowed = []
+        if stage == schema.STAGE_DENOISE:
+            others = set(self.stage_components(schema.STAGE_ENCODE)) | set(self.stage_components(schema.STAGE_DECODE))
+            borrowed = [name for name in names if name in others]
+            names = [name for name in names if name not in others]
         pipe.load_components(names=names, dtype=dtype)  # logs instead of raising on a broken component
         missing = [name for name in names if getattr(pipe, name, None) is None]
         if missing:
@@ -79,8 +91,23 @@ class ModularFamily(Family):
                 f"component(s) {', '.join(missing)} of {self.model_dir} could not be loaded for the {stage} stage"
             )
         pipe.to(device)
-        pipe.set_progress_bar_config(disable=True)
+        for name in borrowed:
+            setattr(pipe, name, self._weightless(name))
+        _quiet_progress(pipe._blocks)  # `pipe.blocks` is a copy
         return pipe
+
+    def _weightless(self, component: str):
+        """The component's module built from its config on the meta device: attributes, no weights."""
+        import accelerate
+        import diffusers
+
+        library, class_name = self.index[component]
+        module = diffusers if library == "diffusers" else __import__(library)
+        cls = getattr(module, class_name)
+        with accelerate.init_empty_weights():
+            if library == "diffusers":
+                return cls.from_config(cls.load_config(self.model_dir, subfolder=component))
+            return cls._from_config(cls.config_class.from_pretrained(self.model_dir / component))
 
     def loaded_modules(self) -> dict[str, Any]:
         import torch
@@ -88,8 +115,9 @@ class ModularFamily(Family):
         found = {}
         for attribute in ("encode_pipe", "denoise_pipe", "decode_pipe"):
             pipe = getattr(self, attribute, None)
-            if pipe is not None:
-                found.update({n: c for n, c in pipe.components.items() if isinstance(c, torch.nn.Module)})
+            for name, module in (pipe.components if pipe is not None else {}).items():
+                if isinstance(module, torch.nn.Module) and any(not p.is_meta for p in module.parameters()):
+                    found[name] = module
         return found
 
     def _set_guider(self, pipe, request: Request) -> None:
@@ -115,6 +143,8 @@ class ModularFamily(Family):
         import torch
 
         columns = self.conditioning_columns()
+        produced = {output.name for output in self.stage_block(schema.STAGE_ENCODE).intermediate_outputs}
+        outputs = [name for name in columns if name in produced]
         out: dict[str, list[np.ndarray | None]] = {name: [None] * len(requests) for name in columns}
         groups: dict[tuple, list[int]] = {}
         for i, request in enumerate(requests):
@@ -128,8 +158,8 @@ class ModularFamily(Family):
             if with_negative and accepts_negative:
                 kwargs["negative_prompt"] = [requests[i].negative_prompt for i in rows]
             with torch.inference_mode():
-                state = self.encode_pipe(prompt=[requests[i].prompt for i in rows], output=list(columns), **kwargs)
-            for name in columns:
+                state = self.encode_pipe(prompt=[requests[i].prompt for i in rows], output=outputs, **kwargs)
+            for name in outputs:
                 if name.startswith("negative_") and not with_negative:
                     continue  # never shipped for rows whose guidance does not use them
                 for i, value in zip(rows, tensors.rows_of(state.get(name), len(rows))):
@@ -200,3 +230,11 @@ class ModularFamily(Family):
             frames = pipe(latents=torch.from_numpy(latents).to(pipe.device), output_type="np", output=output, **kwargs)
         frames = np.asarray(frames, dtype=np.float32)
         return frames if self.is_video else frames[:, None]
+
+
+def _quiet_progress(block) -> None:
+    """No per-step progress bars in the job log (diffusers' own switch reaches only the top level)."""
+    if hasattr(block, "set_progress_bar_config"):
+        block.set_progress_bar_config(disable=True)
+    for sub_block in getattr(block, "sub_blocks", {}).values():
+        _quiet_progress(sub_block)

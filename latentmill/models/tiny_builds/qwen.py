@@ -246,8 +246,9 @@ def build_tiny_z_image(dest: Path) -> None:
             axes_dims=[16, 8, 8],  # (caption/frame, height, width), summing to the head size
             axes_lens=[1024, 512, 512],
         )
-        # The padding tokens are allocated with torch.empty: give them seeded values, or the
-        # checkpoint would hold whatever memory they got (not reproducible, possibly NaN).
+        # The learned padding tokens (attended, they fill each sequence up to a multiple of 32) start
+        # as zeros in this diffusers and as torch.empty in older ones: give them seeded values, like
+        # a trained checkpoint's and reproducible whatever the diffusers version.
         with torch.no_grad():
             for pad_token in (transformer.x_pad_token, transformer.cap_pad_token):
                 pad_token.normal_(std=0.02)
