@@ -34,8 +34,8 @@ def _run_parser(subparsers) -> None:
     )
     run.add_argument("--input", "-i", help="Parquet file, folder, glob or URI (s3://...) of the prompt table")
     run.add_argument("--output", "-o", help="output folder or URI; receives media/, manifest/, errors/, summary.json")
-    run.add_argument("--model", "-m", help="builtin:tiny-image, builtin:tiny-video, a diffusers folder or URI "
-                     "(default: builtin:tiny-image)")
+    run.add_argument("--model", "-m", help="a diffusers folder or URI, or a built-in tiny model: builtin:tiny-image "
+                     "(default), tiny-video, tiny-sdxl, tiny-sd3, tiny-flux, tiny-qwen-image, tiny-z-image")
     run.add_argument("--config", "-c", type=Path, help="YAML job file (see README: 'The job file')")
     run.add_argument("--prompt-column", help="name of the prompt column (default: prompt)")
     run.add_argument("--limit", type=int, help="use only the first N rows")
@@ -68,7 +68,7 @@ def _run_parser(subparsers) -> None:
 def _models_parser(subparsers) -> None:
     models = subparsers.add_parser("models", help="built-in tiny models")
     actions = models.add_subparsers(dest="models_command", required=True)
-    init = actions.add_parser("init-tiny", help="write the built-in tiny image and video checkpoints to DIR")
+    init = actions.add_parser("init-tiny", help="write every built-in tiny checkpoint (one per supported family) to DIR as plain diffusers folders")
     init.add_argument("dir", type=Path)
 
 

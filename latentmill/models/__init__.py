@@ -136,15 +136,29 @@ def resolve_model(path: str, storage_options: dict | None = None, allow_pickle: 
             "`pipe.save_pretrained(DIR)` or convert a single-file checkpoint with diffusers' conversion scripts"
         )
     try:
-        pipeline_class = json.loads(index_file.read_text())["_class_name"]
+        index = json.loads(index_file.read_text())
+        pipeline_class = index["_class_name"] if isinstance(index, dict) else None
     except (ValueError, KeyError):
-        raise ModelError(f"{index_file} is not a valid model_index.json (no _class_name)") from None
+        pipeline_class = None
+    if not isinstance(pipeline_class, str):
+        raise ModelError(f"{index_file} is not a valid model_index.json (it needs a mapping with a text "
+                         "_class_name); re-save the checkpoint with save_pretrained")
+    missing = sorted(name for name, spec in index.items()
+                     if not name.startswith("_") and isinstance(spec, list) and spec[0] is not None
+                     and not (local / name).is_dir())
+    if missing:
+        raise ModelError(f"model {path!r} is incomplete: component folder(s) {', '.join(missing)} named in "
+                         f"{index_file} are missing; copy or download the whole checkpoint")
     known = families()
     if pipeline_class not in known:
+        supported = sorted(name for name in known if not name.startswith("Latentmill"))
         raise ModelError(
             f"model {path!r} is a {pipeline_class}, which latentmill has no adapter for; "
-            f"supported: {', '.join(sorted(known))}"
+            f"supported pipeline classes: {', '.join(supported)}"
         )
+    reason = known[pipeline_class](local).unsupported_reason()
+    if reason:
+        raise ModelError(f"model {path!r} cannot run: {reason}")
     pickles = [p for p in local.rglob("*") if p.suffix in PICKLE_SUFFIXES]
     if pickles and not allow_pickle:
         example = pickles[0].relative_to(local)

@@ -61,6 +61,10 @@ class Family:
 
     # ---- facts the driver needs without loading weights ------------------------------------
 
+    def unsupported_reason(self) -> str | None:
+        """Why a checkpoint of an accepted pipeline class still cannot run, or None."""
+        return None
+
     def component_config(self, component: str) -> dict[str, Any]:
         return self.configs[component]
 
@@ -85,8 +89,8 @@ class Family:
         return 1
 
     def generation_defaults(self) -> dict[str, Any]:
-        """A checkpoint may carry its own defaults (the built-in ones do); else the family's."""
-        return self.index.get("_latentmill_defaults", self.defaults)
+        """The family's defaults, overridden by the checkpoint's own (the built-in ones carry some)."""
+        return {**self.defaults, **self.index.get("_latentmill_defaults", {})}
 
     # ---- stages (run inside the stage actors) -------------------------------------------------
 
@@ -170,7 +174,7 @@ class Family:
         """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
         import numpy as np
 
-        output = pipe(
+        kwargs = dict(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
             height=request.height,
@@ -179,8 +183,8 @@ class Family:
             guidance_scale=request.guidance_scale,
             generator=cpu_generator(request.seed),
             output_type="np",
-            **self.reference_kwargs(request),
         )
+        output = pipe(**{**kwargs, **self.reference_kwargs(request)})
         frames = output.frames[0] if self.is_video else output.images[0][None]
         return np.asarray(frames, dtype=np.float32)
 

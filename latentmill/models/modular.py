@@ -34,6 +34,8 @@ class ModularFamily(Family):
     prompt_tokenizer: ClassVar[str] = "tokenizer"  # the tokenizer whose limit decides `prompt_truncated`
     # The request parameter the guider's scale comes from (classifier-free guidance with negatives).
     guider_parameter: ClassVar[str] = schema.GUIDANCE
+    # Conditioning the denoise block takes as a list of per-row tensors (variable length, no padding).
+    list_columns: ClassVar[tuple[str, ...]] = ()
 
     # ---- what the blocks declare (cheap: no weights) ---------------------------------------------
 
@@ -121,13 +123,13 @@ class ModularFamily(Family):
         return found
 
     def _set_guider(self, pipe, request: Request) -> None:
-        """Classifier-free guidance as the plain pipelines do it: on only above a scale of 1."""
+        """Classifier-free guidance on exactly when the plain pipeline would use it (`needs_negative`)."""
         guider = getattr(pipe, "guider", None)
         if guider is None:
             return
-        scale = self.guider_scale(request)
-        if guider.config.get("guidance_scale") != scale or guider.config.get("enabled") != (scale > 1):
-            pipe.update_components(guider=guider.new(guidance_scale=scale, enabled=scale > 1))
+        scale, enabled = self.guider_scale(request), self.needs_negative(request)
+        if guider.config.get("guidance_scale") != scale or guider.config.get("enabled") != enabled:
+            pipe.update_components(guider=guider.new(guidance_scale=scale, enabled=enabled))
 
     def _call_kwargs(self, stage: str, request: Request) -> dict[str, Any]:
         """The row's extra parameters that this stage's block takes as inputs."""
@@ -192,8 +194,10 @@ class ModularFamily(Family):
         for name, rows in conditioning.items():
             if any(row is None for row in rows):
                 continue  # e.g. negatives of rows without guidance: the group has none
-            value = tensors.stack_rows(rows).to(pipe.device)
-            kwargs[name] = value.to(self.denoise_dtype) if value.is_floating_point() else value
+            if name in self.list_columns:
+                kwargs[name] = [_to_stage(tensors.to_torch(row), pipe.device, self.denoise_dtype) for row in rows]
+            else:
+                kwargs[name] = _to_stage(tensors.stack_rows(rows), pipe.device, self.denoise_dtype)
         accepted = set(self.stage_block(schema.STAGE_DENOISE).input_names)
         if schema.GUIDANCE in accepted:
             kwargs[schema.GUIDANCE] = first.guidance_scale
@@ -238,3 +242,9 @@ def _quiet_progress(block) -> None:
         block.set_progress_bar_config(disable=True)
     for sub_block in getattr(block, "sub_blocks", {}).values():
         _quiet_progress(sub_block)
+
+
+def _to_stage(value, device, dtype):
+    """On the stage's device; floating-point tensors in its dtype, masks as they are."""
+    value = value.to(device)
+    return value.to(dtype) if value.is_floating_point() else value

@@ -24,6 +24,12 @@ class Wan(StandardFamily):
         "decode": ("vae",),
     }
 
+    def unsupported_reason(self) -> str | None:
+        if "transformer_2" in self.index and self.index["transformer_2"][0] is not None:
+            return ("it is a Wan 2.2 A14B checkpoint (a second, low-noise expert `transformer_2`), which latentmill "
+                    "does not run yet; only Wan 2.1 WanPipeline checkpoints are supported")
+        return None
+
     def _vae_factors(self) -> tuple[int, int]:
         config = self.component_config("vae")
         return config.get("scale_factor_temporal", 4), config.get("scale_factor_spatial", 8)

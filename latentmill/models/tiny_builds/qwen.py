@@ -1,10 +1,12 @@
-"""Tiny Qwen-Image (QwenImagePipeline) and Z-Image (ZImagePipeline) checkpoints: `builtin:tiny-qwen-image`, `builtin:tiny-z-image`.
+"""Tiny Qwen-Image and Z-Image checkpoints: `builtin:tiny-qwen-image` (QwenImagePipeline), `builtin:tiny-z-image`
+(ZImagePipeline).
 
 Both families encode prompts with a Qwen language model through a Qwen2 byte-level BPE tokenizer, so
 they share `train_qwen_tokenizer`. Component configs follow diffusers' own tiny test components
 (tests/pipelines/qwenimage/test_qwenimage.py, tests/pipelines/z_image/test_z_image.py), except that
-the VAEs downsample 8x like the real ones and the text encoders' configs and tokenizers are built
-here instead of downloaded.
+the VAEs have the real models' 16 latent channels and 8x downsampling (the factor a pipeline assumes
+when it is loaded without its VAE), and that the text encoders' configs and tokenizers are built here
+instead of downloaded.
 """
 
 from __future__ import annotations
@@ -70,7 +72,8 @@ def train_qwen_tokenizer():
     apply unchanged; every byte is in the vocabulary, so any text tokenizes. Holds the chat special
     tokens both pipelines use (and Qwen2.5-VL's vision tokens, which its model config refers to),
     pads with <|endoftext|> as the real one, and has a chat template (ZImagePipeline applies it).
-    Deterministic: with no end-of-word suffix, the trainer's ids and merge tie-breaking are fixed.
+    Deterministic (byte-identical files from build to build, checked across processes): with no
+    end-of-word suffix every symbol id comes from the sorted alphabet, so merge ties break the same way.
     """
     from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
     from transformers import Qwen2Tokenizer
@@ -80,9 +83,7 @@ def train_qwen_tokenizer():
     bpe = Tokenizer(models.BPE())
     bpe.normalizer = reference.normalizer
     bpe.pre_tokenizer = reference.pre_tokenizer
-    trainer = trainers.BpeTrainer(
-        vocab_size=2000, min_frequency=2, show_progress=False, initial_alphabet=alphabet
-    )
+    trainer = trainers.BpeTrainer(vocab_size=2000, min_frequency=2, show_progress=False, initial_alphabet=alphabet)
     bpe.train_from_iterator(CORPUS + _TEMPLATE_TEXT * 2, trainer)
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
 
@@ -102,13 +103,13 @@ def train_qwen_tokenizer():
     return tokenizer
 
 
-
 def build_tiny_qwen_image(dest: Path) -> None:
     """Write a tiny Qwen-Image checkpoint (QwenImagePipeline) to `dest`.
 
     Qwen2.5-VL text encoder (vision tower included, as the class has one), 16-channel VAE with 8x
     spatial downsampling and the real latent statistics, 2x2-patch MMDiT, Qwen-Image's scheduler.
-    Sizes must be multiples of 16; 64x64 by default.
+    Sizes must be multiples of 16; 64x64 by default. As with the real model, the scheduler's
+    shift_terminal makes a 1-step schedule NaN: use 2 steps or more.
     """
     import torch
     from diffusers import (
@@ -137,7 +138,11 @@ def build_tiny_qwen_image(dest: Path) -> None:
                     "max_window_layers": 2,
                     # Multimodal RoPE split over (time, height, width) in the real 2:3:3 ratio of
                     # the head's rotary half (head_dim 16).
-                    "rope_parameters": {"rope_type": "default", "mrope_section": [2, 3, 3], "rope_theta": 1000000.0},
+                    "rope_parameters": {
+                        "rope_type": "default",
+                        "mrope_section": [2, 3, 3],
+                        "rope_theta": 1000000.0,
+                    },
                     "bos_token_id": ids("<|endoftext|>"),
                     "eos_token_id": ids("<|im_end|>"),
                     "pad_token_id": ids("<|endoftext|>"),
