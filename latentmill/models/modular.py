@@ -34,6 +34,8 @@ class ModularFamily(Family):
     prompt_tokenizer: ClassVar[str] = "tokenizer"  # the tokenizer whose limit decides `prompt_truncated`
     # The request parameter the guider's scale comes from (classifier-free guidance with negatives).
     guider_parameter: ClassVar[str] = schema.GUIDANCE
+    # Further settings of the guider (classifier-free guidance) the plain pipeline's formula needs.
+    guider_options: ClassVar[dict[str, Any]] = {}
     # Conditioning the denoise block takes as a list of per-row tensors (variable length, no padding).
     list_columns: ClassVar[tuple[str, ...]] = ()
 
@@ -127,9 +129,10 @@ class ModularFamily(Family):
         guider = getattr(pipe, "guider", None)
         if guider is None:
             return
-        scale, enabled = self.guider_scale(request), self.needs_negative(request)
-        if guider.config.get("guidance_scale") != scale or guider.config.get("enabled") != enabled:
-            pipe.update_components(guider=guider.new(guidance_scale=scale, enabled=enabled))
+        wanted = {"guidance_scale": self.guider_scale(request), "enabled": self.needs_negative(request),
+                  **self.guider_options}
+        if any(guider.config.get(key) != value for key, value in wanted.items()):
+            pipe.update_components(guider=guider.new(**wanted))
 
     def _call_kwargs(self, stage: str, request: Request) -> dict[str, Any]:
         """The row's extra parameters that this stage's block takes as inputs."""

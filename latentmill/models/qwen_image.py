@@ -19,7 +19,8 @@ class QwenImage(ModularFamily):
     blocks_class = "QwenImageAutoBlocks"
     guider_parameter = TRUE_CFG
     defaults = {"num_inference_steps": 50, "guidance_scale": 1.0, "height": 1328, "width": 1328, "fps": 0.0}
-    extra_parameters = {TRUE_CFG: (float, 4.0)}
+    # max_sequence_length: the blocks' own default is 1024, QwenImagePipeline's 512.
+    extra_parameters = {TRUE_CFG: (float, 4.0), "max_sequence_length": (int, 512)}
 
     def size_multiple(self) -> int:
         return 16  # 8x VAE, 2x2 patches

@@ -16,6 +16,7 @@ class ZImage(ModularFamily):
     blocks_class = "ZImageAutoBlocks"
     defaults = {"num_inference_steps": 9, "guidance_scale": 0.0, "height": 1024, "width": 1024, "fps": 0.0}
     list_columns = ("prompt_embeds", "negative_prompt_embeds")
+    guider_options = {"use_original_formulation": True}  # pos + g * (pos - neg), as ZImagePipeline
 
     def needs_negative(self, request) -> bool:
         return request.guidance_scale > 0

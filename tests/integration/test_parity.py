@@ -10,7 +10,7 @@ import pytest
 from latentmill import schema
 from latentmill.io import media, storage
 from latentmill.models import resolve_model
-from latentmill.models.base import Request
+from latentmill.rows import request_from
 
 from tests.helpers import decode_media, generate, read_parquet_folder, write_table
 
@@ -29,9 +29,10 @@ PROMPTS = [
 def reference_frames(model_path: str, manifest_rows: list[dict]) -> dict[str, np.ndarray]:
     family = resolve_model(model_path).family()
     pipe = family.reference_pipeline()
+    pipe.set_progress_bar_config(disable=True)
     frames = {}
     for row in manifest_rows:
-        request = Request(**{name: row[name] for name in schema.REQUEST_COLUMNS})
+        request = request_from(row, tuple(family.extra_parameters))
         frames[row[schema.ID]] = media.to_uint8(family.reference_generate(pipe, request))
     return frames
 
@@ -68,6 +69,33 @@ def test_tiny_image_matches_plain_diffusers(ray_local, tmp_path, batch_size):
         assert row["model_hash"] == summary.model_hash and row["latentmill_version"]
         assert row[schema.MIME_TYPE] == "image/png" and row[schema.OUTPUT_URI].endswith(".png")
         assert all(row[schema.seconds_column(stage)] > 0 for stage in schema.STAGES)
+
+
+# Per family: rows of different prompts, seeds and per-row parameters, mixed in one batch. Each
+# family's extra parameters appear as override columns in some rows (and are recorded in the manifest).
+FAMILY_ROWS = {
+    "tiny-sdxl": [{}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}, {"seed": 7}],
+    "tiny-sd3": [{}, {"guidance_scale": 1.0}, {"max_sequence_length": 32}, {"seed": 7}],
+    "tiny-flux": [{}, {"true_cfg_scale": 3.0}, {"guidance_scale": 5.0}, {"max_sequence_length": 32}],
+    "tiny-qwen-image": [{}, {"true_cfg_scale": 1.0}, {"true_cfg_scale": 2.5}, {"num_inference_steps": 2}],
+    "tiny-z-image": [{}, {"guidance_scale": 0.0}, {"guidance_scale": 2.0}, {"seed": 7}],
+}
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+@pytest.mark.parametrize("model", sorted(FAMILY_ROWS))
+def test_model_families_match_plain_diffusers(ray_local, tmp_path, model, batch_size):
+    rows = [{"prompt": PROMPTS[i]["prompt"], "negative_prompt": "blurry", **extra}
+            for i, extra in enumerate(FAMILY_ROWS[model])]
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    summary, _ = generate(str(table), str(tmp_path / "out"), model=f"builtin:{model}", batch_size=batch_size)
+    assert (summary.outputs_written, summary.rows_failed) == (len(rows), 0)
+    manifest = check_against_reference(str(tmp_path / "out"), f"builtin:{model}", len(rows))
+    extras = {name for row in FAMILY_ROWS[model] for name in row} - set(schema.REQUEST_COLUMNS)
+    by_prompt = {row[schema.PROMPT]: row for row in manifest}
+    for given in rows:
+        for name in extras & set(given):
+            assert by_prompt[given["prompt"]][name] == given[name], (model, name)
 
 
 @pytest.mark.parametrize("batch_size", [1, 4])
