@@ -16,8 +16,9 @@ import os
 import time
 from dataclasses import dataclass
 
+from latentmill.schema import STAGES
+
 ENV = "LATENTMILL_FAULTS"
-STAGES = ("encode", "denoise", "decode")
 
 
 @dataclass(frozen=True)

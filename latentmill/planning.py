@@ -24,7 +24,8 @@ import statistics
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterable, Sequence
 
-STAGES = ("encode", "denoise", "decode")
+from latentmill.schema import STAGES
+
 DEFAULT_BATCH_CANDIDATES = (1, 2, 4, 8, 16, 32)
 EPS = 1e-9
 

@@ -24,6 +24,7 @@ from typing import Any
 
 from latentmill.bench import arithmetic as ar
 from latentmill.bench.compare import machine_description, make_prompt_table, read_manifest
+from latentmill.schema import STAGES
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
     manifest = read_manifest(output)
     busy = {}
     if manifest is not None and window:
-        for stage in ("encode", "denoise", "decode"):
+        for stage in STAGES:
             seconds = manifest.column(f"{stage}_seconds").to_pylist()
             pool = plan.pools[stage]
             busy[stage] = ar.busy_fraction(ar.busy_in_window(seconds, norm, window[0], window[1]),
@@ -256,13 +257,13 @@ def scaling_markdown(report: dict[str, Any]) -> str:
     rows = []
     for p in report["points"]:
         pools = p["plan"]["pools"]
-        sizing = " / ".join(f"{pools[s]['size']}x{pools[s]['device_share']:g}" for s in ("encode", "denoise", "decode"))
+        sizing = " / ".join(f"{pools[s]['size']}x{pools[s]['device_share']:g}" for s in STAGES)
         busy = p["busy_fraction_steady"]
         rows.append([
             p["profile"], p["devices"], sizing, p["rows"], p["pools_up_seconds"], p["first_output_seconds"],
             p["steady_rows_per_s"], p["ideal_rows_per_s"], p["efficiency"],
             report["linearity"].get(p["profile"], {}).get(p["devices"]),
-            "/".join(ar.fmt(busy.get(s), 2) for s in ("encode", "denoise", "decode")) if busy else "n/a",
+            "/".join(ar.fmt(busy.get(s), 2) for s in STAGES) if busy else "n/a",
             (p["memory"].get("DenoiseWorker") or {}).get("peak_rss_mb"),
             p["driver_peak_rss_mb"],
             p.get("steady_cpu_seconds_per_row"),

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 EXIT_OK = 0
-EXIT_JOB_ERROR = 1  # bad config, unreadable input, unusable model or storage: nothing was generated
+EXIT_JOB_ERROR = 1  # could not start (bad config, input, model, storage) or had to stop; finished outputs are kept
 EXIT_USAGE = 2  # argparse's own code for bad flags
 EXIT_BUDGET = 3  # the job finished, but more rows failed than max_failed allows
 
@@ -45,6 +45,9 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--width", type=int, help="output width in pixels (default: the model's)")
     run.add_argument("--num-frames", type=int, help="frames per video (video models)")
     run.add_argument("--seed", type=int, help="job seed; rows without a seed derive theirs from it and their id")
+    run.add_argument("--param", action="append", type=_model_parameter, metavar="NAME=VALUE", default=[],
+                     help="a model family's extra parameter for every row, e.g. --param true_cfg_scale=4 "
+                     "(repeatable; README 'Model families' lists them; a column of that name overrides it per row)")
     run.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS,
                      help="media format: png/jpeg/webp for images, mp4/apng for videos")
     run.add_argument("--max-failed", help="error budget: a count (10), fraction (0.05) or percentage (5%%) of rows; "
@@ -156,6 +159,18 @@ def _bench_parser(subparsers) -> None:
                      help="folder for driver-memory.json and .md (default bench-results)")
 
 
+def _model_parameter(text: str) -> tuple[str, float | int | str]:
+    name, separator, value = text.partition("=")
+    if not separator or not name.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    for kind in (int, float):
+        try:
+            return name.strip(), kind(value)
+        except ValueError:
+            pass
+    return name.strip(), value
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="latentmill",
@@ -192,6 +207,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("defaults", "width", args.width)
     put("defaults", "num_frames", args.num_frames)
     put("defaults", "seed", args.seed)
+    if args.param:
+        put("defaults", "model_parameters", dict(args.param))
     put("ray", "address", args.ray_address)
     put("metrics", "pushgateway", getattr(args, "pushgateway", None))
     put("metrics", "port", getattr(args, "metrics_port", None))

@@ -31,11 +31,11 @@ import numpy as np
 
 from latentmill.models.base import EncodedPrompts, Family
 from latentmill.rows import Request
+from latentmill.schema import STAGES
 
 _VERSION = "v1"
 PIPELINE_CLASS = "LatentmillSimulatedPipeline"
 PROFILE_FILE = "simulation.json"
-STAGES = ("encode", "denoise", "decode")
 
 # Share of a stage's batch-of-one time that is fixed per batch (t0); the rest grows with the batch
 # (t1 per row). Text encoders are latency-bound at small batches; denoisers and VAEs are compute-bound.

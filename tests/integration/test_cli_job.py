@@ -13,7 +13,7 @@ import pytest
 
 from latentmill import schema
 from latentmill.jobs.cli import EXIT_JOB_ERROR, main
-from tests.helpers import PARTI_PROMPTS_64, read_parquet_folder, write_table
+from tests.helpers import PARTI_PROMPTS_64, write_table
 
 SMALL_POOLS = """
 stages:

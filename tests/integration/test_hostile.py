@@ -253,6 +253,43 @@ def test_model_that_is_not_a_diffusers_checkpoint(tmp_path, capsys):
     assert "is not a diffusers checkpoint: " in err and "model_index.json is missing" in err
 
 
+def _checkpoint(root: Path, index, folders: dict[str, dict] | None = None) -> Path:
+    root.mkdir()
+    (root / "model_index.json").write_text(json.dumps(index))
+    for folder, config in (folders or {}).items():
+        (root / folder).mkdir()
+        (root / folder / "config.json").write_text(json.dumps(config))
+    return root
+
+
+WAN22_INDEX = {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTransformer3DModel"],
+               "transformer_2": ["diffusers", "WanTransformer3DModel"], "vae": ["diffusers", "AutoencoderKLWan"]}
+
+
+@pytest.mark.parametrize(
+    ("index", "folders", "message"),
+    [
+        ({"_class_name": "KandinskyPipeline"}, {},
+         "is a KandinskyPipeline, which latentmill has no adapter for; supported pipeline classes: FluxPipeline, "),
+        (WAN22_INDEX, {"transformer": {}, "transformer_2": {}, "vae": {}},
+         "cannot run: it is a Wan 2.2 A14B checkpoint (a second, low-noise expert `transformer_2`)"),
+        ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
+          "vae": ["diffusers", "AutoencoderKL"]}, {"vae": {}},
+         "is incomplete: component folder(s) transformer named in"),
+        (["FluxPipeline"], {}, "is not a valid model_index.json (it needs a mapping with a text _class_name)"),
+        ({"_class_name": ["diffusers", "FluxPipeline"]}, {}, "is not a valid model_index.json"),
+    ],
+    ids=["unsupported-class", "wan22-a14b", "missing-component", "index-is-a-list", "class-name-is-a-list"],
+)
+def test_checkpoints_that_cannot_run_stop_before_anything_starts(tmp_path, capsys, index, folders, message):
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    model = _checkpoint(tmp_path / "model", index, folders)
+    code, out, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert code == EXIT_JOB_ERROR
+    assert message in err
+    assert "Traceback" not in out + err
+
+
 @pytest.fixture
 def pickled_model(model_cache, tmp_path) -> Path:
     """The tiny image checkpoint with one extra pickle weights file in unet/."""

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-import io
 
-import pyarrow.parquet as pq
 import pytest
 
 from latentmill import schema

@@ -152,3 +152,53 @@ def test_video_frame_rule_comes_from_the_family():
 def test_image_rows_ignore_frame_columns():
     [row] = run([{"prompt": "p", "num_frames": 12}])
     assert row[schema.ERROR_STAGE] == "" and row[schema.NUM_FRAMES] == 1
+
+
+def flux_family():
+    from latentmill.models.flux import Flux
+
+    family = Flux.__new__(Flux)
+    family.index = {"_class_name": "FluxPipeline"}
+    family.configs = {"vae": {"block_out_channels": [8, 8, 8, 8]}}
+    return family
+
+
+def flux_rules(**model_parameters):
+    return RowRules(prompt_column="prompt", id_column="id", job_seed=7, limits=Limits(), family=flux_family(),
+                    defaults=resolve_defaults(GenerationDefaults(model_parameters=model_parameters),
+                                              IMAGE_DEFAULTS, flux_family().extra_parameters))
+
+
+def test_family_parameters_take_job_defaults_and_per_row_overrides():
+    ok, override = run([{"prompt": "a"}, {"prompt": "b", "true_cfg_scale": 3}], flux_rules(true_cfg_scale=2.0))
+    [wrong] = run([{"prompt": "c", "true_cfg_scale": "x"}], flux_rules())
+    assert (ok["true_cfg_scale"], ok["max_sequence_length"]) == (2.0, 512)
+    assert override["true_cfg_scale"] == 3.0 and override[schema.ERROR_STAGE] == ""
+    assert wrong[schema.ERROR_STAGE] == schema.STAGE_VALIDATE
+    assert "column 'true_cfg_scale' must be a number" in wrong[schema.ERROR_MESSAGE]
+    assert schema.manifest_columns(("true_cfg_scale",)).index("true_cfg_scale") == len(schema.REQUEST_COLUMNS)
+
+
+def test_unknown_or_mistyped_model_parameters_stop_with_the_known_ones():
+    from latentmill.pipelines.validate import DefaultsError
+
+    with pytest.raises(DefaultsError, match="has true_cfg, which this model does not take .*max_sequence_length, true_cfg_scale"):
+        flux_rules(true_cfg=2.0)
+    with pytest.raises(DefaultsError, match="'max_sequence_length' must be a whole number"):
+        flux_rules(max_sequence_length=1.5)
+    with pytest.raises(DefaultsError, match="extra parameters: none"):
+        resolve_defaults(GenerationDefaults(model_parameters={"true_cfg_scale": 2.0}), IMAGE_DEFAULTS, {})
+
+
+def test_param_flags_become_model_parameters():
+    from latentmill.config import load_config
+    from latentmill.jobs.cli import build_parser, run_overrides
+
+    args = build_parser().parse_args(["run", "-i", "t.parquet", "-o", "out", "--param", "true_cfg_scale=4",
+                                      "--param", "max_sequence_length=256"])
+    config = load_config(None, run_overrides(args))
+    assert config.defaults.model_parameters == {"true_cfg_scale": 4, "max_sequence_length": 256}
+    resolved = resolve_defaults(config.defaults, IMAGE_DEFAULTS, flux_family().extra_parameters)
+    assert (resolved["true_cfg_scale"], resolved["max_sequence_length"]) == (4.0, 256)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--param", "no-equals-sign"])
