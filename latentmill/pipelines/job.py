@@ -195,12 +195,12 @@ def prepare(config: JobConfig):
 
     options = config.storage.fsspec_options()
     try:
+        check_writable(config.output.uri, options)  # storage first: a credentials problem is the likeliest
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
         table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
                               tuple(family.extra_parameters))
-        check_writable(config.output.uri, options)
     except (InputError, StorageError, ModelError, DefaultsError) as exc:
         raise JobError(str(exc)) from None
     rules = RowRules(
