@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs the real services the test suite starts on 127.0.0.1 and stops again:
 # the Prometheus Pushgateway, and Prometheus itself for `promtool`, which checks infra/prometheus.yml
-# (both Debian packages). The S3 server (SeaweedFS) comes from PyPI with the test extras, so it is
+# and runs the alert rules' unit tests (tests/unit/latentmill-alerts.test.yml) (both Debian packages). The S3 server (SeaweedFS) comes from PyPI with the test extras, so it is
 # already in the virtualenv.
 set -euo pipefail
 missing=()

@@ -297,11 +297,25 @@ class DriverMetrics:
                 self._thread.join(timeout=5)
 
     def push(self, url: str, timeout: float = 10.0) -> None:
-        """PUT the registry to a Pushgateway, grouped by job: each run replaces the job's last push."""
+        """PUT the run's metrics to a Pushgateway; a run within its error budget also its success time.
+
+        Two groups, so that a failed run cannot erase the last success:
+
+        * ``{job}``: every metric except the last-success timestamp. Each run replaces the group (PUT),
+          so it always holds the last run's values.
+        * ``{job, model}``: ``latentmill_job_last_success_timestamp_seconds`` alone (its series already
+          carry both labels, so the grouping adds none), pushed only when it was set, i.e. by a run
+          within its error budget. A failed run leaves it as it was, and the alert on its age fires.
+        """
         from prometheus_client import push_to_gateway
 
+        success = _Only(self.registry, {JOB_LAST_SUCCESS})
         try:
-            push_to_gateway(url, job=self.job, registry=self.registry, timeout=timeout)
+            push_to_gateway(url, job=self.job, registry=_Only(self.registry, exclude={JOB_LAST_SUCCESS}),
+                            timeout=timeout)
+            if any(family.samples for family in success.collect()):
+                push_to_gateway(url, job=self.job, grouping_key={"model": self.model}, registry=success,
+                                timeout=timeout)
         except Exception as exc:  # noqa: BLE001 - URLError, HTTPError, socket errors, bad URLs
             raise MetricsError(f"could not push metrics to the Pushgateway at {url}: {exc}") from None
 
@@ -310,3 +324,15 @@ class DriverMetrics:
         from prometheus_client import generate_latest
 
         return generate_latest(self.registry).decode()
+
+
+class _Only:
+    """A view of a registry for one push: only the families named in `names`, or all but `exclude`."""
+
+    def __init__(self, registry: Any, names: set[str] | None = None, exclude: set[str] | None = None) -> None:
+        self.registry, self.names, self.exclude = registry, names, exclude or set()
+
+    def collect(self) -> Iterator[Any]:
+        for family in self.registry.collect():
+            if (self.names is None or family.name in self.names) and family.name not in self.exclude:
+                yield family

@@ -52,3 +52,21 @@ def read_parquet_folder(fs, root: str) -> pa.Table | None:
 
 def decode_media(data: bytes, mime: str):
     return media.decode_video(data) if mime in ("video/mp4", "image/apng") else media.decode_image(data)[None]
+
+
+def mp4_top_level_boxes(data: bytes) -> list[bytes]:
+    """The types of an MP4's top-level boxes, in file order (b"ftyp", b"moov", b"mdat", ...)."""
+    boxes, offset = [], 0
+    while offset + 8 <= len(data):
+        size, kind = int.from_bytes(data[offset:offset + 4], "big"), data[offset + 4:offset + 8]
+        if size == 1:  # 64-bit size after the type
+            size = int.from_bytes(data[offset + 8:offset + 16], "big")
+        elif size == 0:  # the box runs to the end of the file
+            size = len(data) - offset
+        if size < 8:
+            raise ValueError(f"corrupt MP4: box {kind!r} at {offset} has size {size}")
+        boxes.append(kind)
+        offset += size
+    if offset != len(data):
+        raise ValueError(f"corrupt MP4: the last box overruns the data ({offset} > {len(data)})")
+    return boxes

@@ -10,6 +10,8 @@ This module is a leaf: Pillow and PyAV are imported inside the functions that us
 from __future__ import annotations
 
 import io
+import os
+import tempfile
 from fractions import Fraction
 
 import numpy as np
@@ -163,9 +165,11 @@ def encode_video(
 ) -> bytes:
     """Encode ``(F, H, W, 3)`` uint8 RGB frames as a video.
 
-    ``mp4``: H.264 (libx264), ``yuv420p`` so that every player can show it, encoded in memory
-    with PyAV (``crf``: 0 best .. 51 worst, 18 is visually near-lossless). The ``moov`` index
-    is at the end of the file (``+faststart`` would need a re-readable file, not a BytesIO).
+    ``mp4``: H.264 (libx264), ``yuv420p`` so that every player can show it, encoded with PyAV
+    (``crf``: 0 best .. 51 worst, 18 is visually near-lossless). The file is faststart: the
+    ``moov`` index comes before the ``mdat`` media data, so a browser starts playing while it
+    downloads (ffmpeg's ``movflags=faststart``, which re-reads its output: the encoder writes to a
+    temporary file, not to memory).
     4:2:0 chroma needs even width and height: an odd dimension is padded by one pixel
     replicating the last row/column, so the decoded video is then 1 px larger in that
     dimension (diffusers models produce multiples of 8, so this is rare).
@@ -195,23 +199,26 @@ def _encode_mp4(arr: np.ndarray, rate: Fraction, *, crf: int, preset: str) -> by
         arr = np.pad(arr, ((0, 0), (0, pad_h), (0, pad_w), (0, 0)), mode="edge")
         h, w = h + pad_h, w + pad_w
 
-    buf = io.BytesIO()
-    # No "+faststart": it re-reads the output file, which a BytesIO target does not support.
-    with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=rate)
-        stream.width = w
-        stream.height = h
-        stream.pix_fmt = "yuv420p"
-        stream.options = {"crf": str(crf), "preset": preset}
-        for i, frame in enumerate(arr):
-            vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
-            vf.pts = i
-            vf.time_base = Fraction(1) / rate
-            for packet in stream.encode(vf):
+    # faststart moves the moov box in front of mdat when the file is closed, by re-opening the output
+    # by name and shifting its data: that needs a real file (a BytesIO output has no name to re-open).
+    with tempfile.TemporaryDirectory(prefix="latentmill-mp4-") as tmp:
+        path = os.path.join(tmp, "video.mp4")
+        with av.open(path, mode="w", format="mp4", options={"movflags": "+faststart"}) as container:
+            stream = container.add_stream("libx264", rate=rate)
+            stream.width = w
+            stream.height = h
+            stream.pix_fmt = "yuv420p"
+            stream.options = {"crf": str(crf), "preset": preset}
+            for i, frame in enumerate(arr):
+                vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
+                vf.pts = i
+                vf.time_base = Fraction(1) / rate
+                for packet in stream.encode(vf):
+                    container.mux(packet)
+            for packet in stream.encode():
                 container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-    return buf.getvalue()
+        with open(path, "rb") as handle:
+            return handle.read()
 
 
 def _encode_apng(arr: np.ndarray, rate: Fraction) -> bytes:

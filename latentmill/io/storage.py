@@ -44,6 +44,7 @@ __all__ = [
     "safe_key",
     "put_bytes",
     "read_bytes",
+    "content_type",
     "check_writable",
     "display_uri",
 ]
@@ -632,11 +633,51 @@ def _write_local_atomic(path: str, data: bytes) -> None:
         raise
 
 
+#: extension -> MIME type of what latentmill writes (media, manifests, JSON records); browsers and
+#: CDNs show an object inline only with the right Content-Type (S3's default is binary/octet-stream).
+CONTENT_TYPES = {
+    "png": "image/png",
+    "jpg": "image/jpeg",
+    "jpeg": "image/jpeg",
+    "webp": "image/webp",
+    "apng": "image/apng",
+    "mp4": "video/mp4",
+    "parquet": "application/vnd.apache.parquet",
+    "json": "application/json",
+}
+DEFAULT_CONTENT_TYPE = "application/octet-stream"
+
+
+def content_type(path: str) -> str:
+    """The MIME type of ``path`` from its extension (``application/octet-stream`` when unknown)."""
+    name = path.rstrip("/").rsplit("/", 1)[-1]
+    if "." in name.lstrip("."):
+        extension = name.rsplit(".", 1)[-1].lower()
+        if extension in CONTENT_TYPES:
+            return CONTENT_TYPES[extension]
+        import mimetypes
+
+        guessed, encoding = mimetypes.guess_type(name, strict=False)
+        if guessed and not encoding:
+            return guessed
+    return DEFAULT_CONTENT_TYPE
+
+
+def _put_options(fs: Any, path: str, mime: str | None) -> dict[str, str]:
+    """Extra ``pipe_file`` arguments that set the object's Content-Type, for the stores that take one."""
+    proto = getattr(fs, "protocol", ())
+    protos = (proto,) if isinstance(proto, str) else tuple(proto)
+    if "s3" in protos or "s3a" in protos:  # s3fs passes them to PutObject / CreateMultipartUpload
+        return {"ContentType": mime or content_type(path)}
+    return {}
+
+
 def put_bytes(
     fs: Any,
     path: str,
     data: bytes,
     *,
+    content_type: str | None = None,
     retries: int = 5,
     base_delay: float = 0.2,
     max_delay: float = 10.0,
@@ -645,7 +686,9 @@ def put_bytes(
 
     Local filesystems: a temp file in the same directory (``.<name>.<random>.tmp``), fsync, then
     ``os.replace``; parent directories are created. Object stores: a single ``pipe_file`` (one
-    PUT, or a multipart upload that only becomes visible when completed), which is atomic.
+    PUT, or a multipart upload that only becomes visible when completed), which is atomic. On S3
+    the object gets the Content-Type ``content_type``, by default the one of the path's extension
+    (:func:`content_type`), so that browsers show media inline.
 
     Transient errors (connection reset/refused, timeouts, HTTP 429/500/502/503/504, SlowDown)
     are retried up to ``retries`` times with exponential backoff and full jitter. Auth and
@@ -662,9 +705,10 @@ def put_bytes(
 
         path = local_path
     else:
+        options = _put_options(fs, path, content_type)
 
         def op() -> None:
-            fs.pipe_file(path, data)
+            fs.pipe_file(path, data, **options)
 
     _retry(
         op,

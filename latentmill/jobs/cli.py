@@ -13,6 +13,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from latentmill.version import __version__
+
 EXIT_OK = 0
 EXIT_JOB_ERROR = 1  # could not start (bad config, input, model, storage) or had to stop; finished outputs are kept
 EXIT_USAGE = 2  # argparse's own code for bad flags
@@ -177,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Bulk image and video generation with latent diffusion models on Ray.",
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
+    parser.add_argument("--version", action="version", version=f"latentmill {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
     _models_parser(subparsers)

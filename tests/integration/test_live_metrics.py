@@ -137,7 +137,7 @@ def test_pushgateway_shows_the_runs_counts(metered_run, pushgateway):
     assert pick(found, metrics.JOB_BUDGET_EXCEEDED, **labels) == 0
     assert pick(found, metrics.JOB_LAST_SUCCESS, **labels) >= metered_run["started"]
     assert pick(found, metrics.JOB_WALL_SECONDS, **labels) > 0
-    # The Pushgateway records the push itself: one group, for our job.
+    # The Pushgateway records the pushes: the run's group {job} and its success time's group {job, model}.
     assert pick(found, "push_time_seconds", job=JOB_NAME) >= metered_run["started"]
 
 

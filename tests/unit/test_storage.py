@@ -303,9 +303,10 @@ class FakeObjectStore:
         if self.calls <= self.fail_times:
             raise self.error_factory()
 
-    def pipe_file(self, path, data):
+    def pipe_file(self, path, data, **kwargs):
         self._maybe_fail()
         self.objects[path] = data
+        self.put_options = kwargs
 
     def cat_file(self, path):
         self._maybe_fail()
