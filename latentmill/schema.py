@@ -68,6 +68,8 @@ OUTPUT_URI = "output_uri"
 BYTES = "bytes"
 SHA256 = "sha256"
 MIME_TYPE = "mime_type"
+LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
+LATENTS_SHA256 = "latents_sha256"
 
 # One manifest row per output (order as written to Parquet); a family's extra parameters follow the
 # request columns (see `manifest_columns`).
@@ -92,7 +94,11 @@ MANIFEST_COLUMNS = (
 ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
 
 
-def manifest_columns(extra_names: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The manifest's columns for a model with these extra per-row parameters."""
+def manifest_columns(extra_names: tuple[str, ...] = (), latents: bool = False) -> tuple[str, ...]:
+    """The manifest's columns for a model with these extra per-row parameters (and saved latents)."""
     at = len(REQUEST_COLUMNS)
-    return (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])
+    columns = (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])
+    if latents:
+        after = columns.index(MIME_TYPE) + 1
+        columns = (*columns[:after], LATENTS_URI, LATENTS_SHA256, *columns[after:])
+    return columns

@@ -53,6 +53,8 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--max-failed", help="error budget: a count (10), fraction (0.05) or percentage (5%%) of rows; "
                      "past it the job exits with code 3")
     run.add_argument("--samples-per-prompt", type=int, help="outputs per prompt row, each with its own seed")
+    run.add_argument("--save-latents", action="store_true",
+                     help="also keep each row's final latents as DEST/latents/<key>.safetensors (for `latentmill decode`)")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
     sizing = run.add_mutually_exclusive_group()
@@ -66,6 +68,27 @@ def _run_parser(subparsers) -> None:
                      help="push the run's final metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve the driver's metrics at http://127.0.0.1:PORT/metrics during the run")
+
+
+def _decode_parser(subparsers) -> None:
+    decode = subparsers.add_parser(
+        "decode",
+        help="decode the saved latents of an earlier run again (another VAE, format or tiling), no denoising",
+        description=(
+            "Run only the decode pool over the latents a run saved with --save-latents: writes media, a manifest "
+            "and error rows to DEST like a run, and resumes like one. Latents of another model family or latent "
+            "layout are refused before anything starts."
+        ),
+    )
+    decode.add_argument("--latents", "-l", required=True, help="output folder or URI of a run made with --save-latents")
+    decode.add_argument("--output", "-o", required=True, help="output folder or URI for the decoded media")
+    decode.add_argument("--model", "-m", help="checkpoint whose VAE decodes (default: the source run's model)")
+    decode.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS, help="media format")
+    decode.add_argument("--tiling", action="store_true", help="tiled and sliced VAE decoding (less memory, slower)")
+    decode.add_argument("--config", "-c", type=Path, help="YAML job file (stages.decode, storage, ray, metrics)")
+    decode.add_argument("--limit", type=int, help="decode only the first N latents")
+    decode.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
+    decode.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
 
 
 def _models_parser(subparsers) -> None:
@@ -179,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log at debug level")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
+    _decode_parser(subparsers)
     _models_parser(subparsers)
     _plan_parser(subparsers)
     _bench_parser(subparsers)
@@ -214,6 +238,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("metrics", "port", getattr(args, "metrics_port", None))
     if args.no_progress:
         put("ray", "progress_bars", False)
+    if args.save_latents:
+        put("output", "save_latents", True)
     if args.format in IMAGE_FORMATS:
         put("output", "image_format", args.format)
     elif args.format in VIDEO_FORMATS:
@@ -239,6 +265,33 @@ def _run(args: argparse.Namespace) -> int:
     try:
         summary = run_job(config)
     except JobError as exc:
+        print(f"latentmill: {exc}", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print()
+    print(summary.table())
+    return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
+
+
+def _decode(args: argparse.Namespace) -> int:
+    import latentmill
+    from latentmill.config import ConfigError
+    from latentmill.pipelines.job import JobError
+
+    sections: dict[str, Any] = {}
+    if args.format in IMAGE_FORMATS:
+        sections["output"] = {"image_format": args.format}
+    elif args.format in VIDEO_FORMATS:
+        sections["output"] = {"video_format": args.format}
+    if args.limit:
+        sections["input"] = {"limit": args.limit}
+    if args.ray_address:
+        sections["ray"] = {"address": args.ray_address}
+    if args.no_progress:
+        sections.setdefault("ray", {})["progress_bars"] = False
+    try:
+        summary = latentmill.decode(args.latents, args.output, model=args.model, tiling=args.tiling,
+                                    config=args.config, **sections)
+    except (ConfigError, JobError, ValueError) as exc:
         print(f"latentmill: {exc}", file=sys.stderr)
         return EXIT_JOB_ERROR
     print()
@@ -277,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _run, "models": _models, "plan": _plan, "bench": _bench}
+    handlers = {"run": _run, "decode": _decode, "models": _models, "plan": _plan, "bench": _bench}
     return handlers[args.command](args)
 
 

@@ -68,6 +68,11 @@ class Family:
     def component_config(self, component: str) -> dict[str, Any]:
         return self.configs[component]
 
+    def latent_channels(self) -> int | None:
+        """Channels of the VAE's latent space (None when the checkpoint has no VAE config)."""
+        vae = self.configs.get("vae", {})
+        return vae.get("latent_channels") or vae.get("z_dim")
+
     def scheduler_name(self) -> str:
         return str(self.index.get("scheduler", ["", ""])[1])
 
