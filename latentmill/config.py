@@ -195,6 +195,14 @@ class MetricsSettings(_Strict):
                           description="The `job` label of every latentmill metric, and the Pushgateway job.")
 
 
+class InterpolateSettings(_Strict):
+    """An interpolation job (`latentmill interpolate`): defaults of a keyframe table's transitions."""
+
+    frames: int = Field(16, ge=2, description="Frames per transition (a keyframe row's `frames` overrides it).")
+    fps: float = Field(8.0, gt=0, description="Frame rate of the transition videos (`fps` column overrides it).")
+    easing: Literal["linear", "ease-in-out"] = Field("linear", description="How t advances over the frames.")
+
+
 class DecodeSettings(_Strict):
     """A decode job (`latentmill decode`): decode the saved latents of an earlier run, no denoising."""
 
@@ -224,6 +232,7 @@ class JobConfig(_Strict):
     ray: RaySettings = Field(default_factory=RaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     decode: DecodeSettings | None = Field(None, description="Set by `latentmill decode`: decode saved latents.")
+    interpolate: InterpolateSettings | None = Field(None, description="Set by `latentmill interpolate`.")
     max_failed: int | float | None = Field(
         None,
         description="Error budget: a count (10) or a fraction of rows read (0.05); past it the job exits 3.",

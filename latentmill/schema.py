@@ -57,6 +57,7 @@ STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)  # the model stages, in ord
 # The one tensor column the generic code names: the denoiser's output. The conditioning columns between
 # encode and denoise are named by the model (its text encoder's outputs), any number of them.
 LATENTS = "latents"
+INITIAL_NOISE = "initial_noise"  # optional: a row's own initial noise (interpolation), packed like conditioning
 
 
 def seconds_column(stage: str) -> str:

@@ -182,7 +182,7 @@ class DenoiseWorker(StageWorker):
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, self.columns)
+        out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE))
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.LATENTS] = [None] * size
@@ -197,8 +197,11 @@ class DenoiseWorker(StageWorker):
 
     def process(self, batch, out, rows):
         conditioning = {name: [tensors.unpack(batch[name][row]) for row in rows] for name in self.columns}
+        noise = None
+        if schema.INITIAL_NOISE in batch:
+            noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
         self.faults.model_call()
-        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning)
+        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
         for row, value in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])):
                 value[...] = np.nan

@@ -91,6 +91,32 @@ def _decode_parser(subparsers) -> None:
     decode.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
 
 
+def _interpolate_parser(subparsers) -> None:
+    interpolate = subparsers.add_parser(
+        "interpolate",
+        help="smooth transitions between keyframes: prompts and seeds blended in latent space, one MP4 each",
+        description=(
+            "Read a keyframe table (one transition per row: prompt_a, prompt_b, seed_a, seed_b, frames, fps, "
+            "easing; or sequence, prompt, seed rows walking through keyframes) and make every frame from the two "
+            "prompts' blended embeddings and the two seeds' spherically interpolated noise. Frames are kept as "
+            "images; each transition becomes videos/<id>.mp4 with a row in transitions/. Resumes like a run."
+        ),
+    )
+    interpolate.add_argument("--input", "-i", required=True, help="Parquet keyframe table (file, folder, glob or URI)")
+    interpolate.add_argument("--output", "-o", required=True, help="output folder or URI")
+    interpolate.add_argument("--model", "-m", help="an image model (default: builtin:tiny-image)")
+    interpolate.add_argument("--frames", type=int, help="frames per transition where the table has none (default 16)")
+    interpolate.add_argument("--fps", type=float, help="video frame rate where the table has none (default 8)")
+    interpolate.add_argument("--easing", choices=("linear", "ease-in-out"), help="how t advances (default linear)")
+    interpolate.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    interpolate.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    interpolate.add_argument("--height", type=int, help="frame height (default: the model's)")
+    interpolate.add_argument("--width", type=int, help="frame width (default: the model's)")
+    interpolate.add_argument("--config", "-c", type=Path, help="YAML job file (stages, storage, ray, defaults)")
+    interpolate.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
+    interpolate.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
+
+
 def _models_parser(subparsers) -> None:
     models = subparsers.add_parser("models", help="built-in tiny models")
     actions = models.add_subparsers(dest="models_command", required=True)
@@ -203,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
     _decode_parser(subparsers)
+    _interpolate_parser(subparsers)
     _models_parser(subparsers)
     _plan_parser(subparsers)
     _bench_parser(subparsers)
@@ -299,6 +326,31 @@ def _decode(args: argparse.Namespace) -> int:
     return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
 
 
+def _interpolate(args: argparse.Namespace) -> int:
+    import latentmill
+    from latentmill.config import ConfigError
+    from latentmill.pipelines.job import JobError
+
+    settings = {key: value for key, value in (("frames", args.frames), ("fps", args.fps), ("easing", args.easing))
+                if value is not None}
+    defaults = {key: value for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
+                                              ("height", args.height), ("width", args.width)) if value is not None}
+    ray_settings = {"address": args.ray_address} if args.ray_address else {}
+    if args.no_progress:
+        ray_settings["progress_bars"] = False
+    try:
+        summary = latentmill.interpolate(args.input, args.output, model=args.model, config=args.config,
+                                         interpolate=settings, defaults=defaults, ray=ray_settings)
+    except (ConfigError, JobError, ValueError) as exc:
+        print(f"latentmill: {exc}", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print()
+    print(summary.table())
+    for transition_id, reason in sorted(summary.failures.items()):
+        print(f"  failed {transition_id}: {reason}")
+    return EXIT_OK if not summary.transitions_failed else EXIT_BUDGET
+
+
 def _models(args: argparse.Namespace) -> int:
     from latentmill.models.tiny import init_tiny
 
@@ -330,7 +382,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _run, "decode": _decode, "models": _models, "plan": _plan, "bench": _bench}
+    handlers = {"run": _run, "decode": _decode, "interpolate": _interpolate, "models": _models, "plan": _plan,
+                "bench": _bench}
     return handlers[args.command](args)
 
 

@@ -89,6 +89,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         decisive["save_latents"] = True
     if config.decode is not None:
         decisive["decode"] = config.decode.model_dump(mode="json")
+    if config.interpolate is not None:
+        decisive["interpolate"] = config.interpolate.model_dump(mode="json")
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -97,12 +99,13 @@ class ResultWriter:
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
                  flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
-                 latents: bool = False) -> None:
+                 latents: bool = False, more_columns: tuple[str, ...] = ()) -> None:
         from latentmill.io import storage
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.rows_per_part, self.static = run_id, rows_per_part, static
-        self.columns = {"manifest": schema.manifest_columns(extra_names, latents), "errors": schema.ERROR_COLUMNS}
+        self.columns = {"manifest": (*schema.manifest_columns(extra_names, latents), *more_columns),
+                        "errors": schema.ERROR_COLUMNS}
         self.pending: dict[str, list[dict[str, Any]]] = {"manifest": [], "errors": []}
         self.parts = {"manifest": 0, "errors": 0}
         self.flush_seconds = flush_seconds
