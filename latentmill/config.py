@@ -73,6 +73,10 @@ class OutputSettings(_Strict):
     manifest_flush_seconds: float = Field(
         30.0, gt=0, description="Write a manifest part at least this often, so a crash loses little."
     )
+    save_latents: bool = Field(
+        False, description="Also keep each row's final latents (before VAE decode) as DEST/latents/<key>.safetensors, "
+        "for `latentmill decode` (another VAE, format or tiling without denoising again).",
+    )
     verify_existing: Literal["sha256", "size"] = Field(
         "sha256", description="How a resumed run checks the objects a manifest names: re-hash, or size only."
     )
@@ -191,6 +195,21 @@ class MetricsSettings(_Strict):
                           description="The `job` label of every latentmill metric, and the Pushgateway job.")
 
 
+class InterpolateSettings(_Strict):
+    """An interpolation job (`latentmill interpolate`): defaults of a keyframe table's transitions."""
+
+    frames: int = Field(16, ge=2, description="Frames per transition (a keyframe row's `frames` overrides it).")
+    fps: float = Field(8.0, gt=0, description="Frame rate of the transition videos (`fps` column overrides it).")
+    easing: Literal["linear", "ease-in-out"] = Field("linear", description="How t advances over the frames.")
+
+
+class DecodeSettings(_Strict):
+    """A decode job (`latentmill decode`): decode the saved latents of an earlier run, no denoising."""
+
+    latents: str = Field(description="Output folder or URI of a run made with output.save_latents: true.")
+    tiling: bool = Field(False, description="Tiled and sliced VAE decoding from the start (less memory, slower).")
+
+
 def parse_budget(value: str | float | int | None) -> float | int | None:
     """`10` -> 10 rows, `0.05` or `5%` -> that fraction of the rows read."""
     if value is None or isinstance(value, (int, float)):
@@ -212,6 +231,8 @@ class JobConfig(_Strict):
     storage: StorageSettings = Field(default_factory=StorageSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    decode: DecodeSettings | None = Field(None, description="Set by `latentmill decode`: decode saved latents.")
+    interpolate: InterpolateSettings | None = Field(None, description="Set by `latentmill interpolate`.")
     max_failed: int | float | None = Field(
         None,
         description="Error budget: a count (10) or a fraction of rows read (0.05); past it the job exits 3.",
@@ -237,6 +258,8 @@ class JobConfig(_Strict):
 
     @model_validator(mode="after")
     def _check_uris(self) -> JobConfig:
+        if self.decode is not None and not self.input.uri:  # a decode job reads the source run's manifest
+            self.input.uri = self.decode.latents.rstrip("/") + "/manifest"
         if not self.input.uri:
             raise ValueError("input.uri is required (or --input)")
         if not self.output.uri:

@@ -57,6 +57,7 @@ STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)  # the model stages, in ord
 # The one tensor column the generic code names: the denoiser's output. The conditioning columns between
 # encode and denoise are named by the model (its text encoder's outputs), any number of them.
 LATENTS = "latents"
+INITIAL_NOISE = "initial_noise"  # optional: a row's own initial noise (interpolation), packed like conditioning
 
 
 def seconds_column(stage: str) -> str:
@@ -68,6 +69,8 @@ OUTPUT_URI = "output_uri"
 BYTES = "bytes"
 SHA256 = "sha256"
 MIME_TYPE = "mime_type"
+LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
+LATENTS_SHA256 = "latents_sha256"
 
 # One manifest row per output (order as written to Parquet); a family's extra parameters follow the
 # request columns (see `manifest_columns`).
@@ -92,7 +95,11 @@ MANIFEST_COLUMNS = (
 ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
 
 
-def manifest_columns(extra_names: tuple[str, ...] = ()) -> tuple[str, ...]:
-    """The manifest's columns for a model with these extra per-row parameters."""
+def manifest_columns(extra_names: tuple[str, ...] = (), latents: bool = False) -> tuple[str, ...]:
+    """The manifest's columns for a model with these extra per-row parameters (and saved latents)."""
     at = len(REQUEST_COLUMNS)
-    return (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])
+    columns = (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])
+    if latents:
+        after = columns.index(MIME_TYPE) + 1
+        columns = (*columns[:after], LATENTS_URI, LATENTS_SHA256, *columns[after:])
+    return columns

@@ -182,7 +182,7 @@ class DenoiseWorker(StageWorker):
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, self.columns)
+        out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE))
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.LATENTS] = [None] * size
@@ -197,8 +197,11 @@ class DenoiseWorker(StageWorker):
 
     def process(self, batch, out, rows):
         conditioning = {name: [tensors.unpack(batch[name][row]) for row in rows] for name in self.columns}
+        noise = None
+        if schema.INITIAL_NOISE in batch:
+            noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
         self.faults.model_call()
-        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning)
+        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
         for row, value in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])):
                 value[...] = np.nan
@@ -210,23 +213,60 @@ class DenoiseWorker(StageWorker):
 
 
 class DecodeWorker(StageWorker):
-    """Pool C: VAE decode, media encoding and the upload, so pixels never enter Ray's object store."""
+    """Pool C: VAE decode, media encoding and the upload, so pixels never enter Ray's object store.
+
+    With `latents_metadata` set (output.save_latents), each row's latents are also saved as a
+    safetensors object next to its media. Rows without a `latents` column (a decode job) read their
+    latents from the object their `latents_uri` names.
+    """
 
     stage = schema.STAGE_DECODE
 
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
+                 latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
                  metrics_job: str = DEFAULT_JOB) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
+        self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
+        self.latents_metadata = latents_metadata
+        self.tiled = tiled
         super().__init__(model, num_gpus, dtype, torch_threads, metrics_job)
 
     def load(self) -> None:
         self.family.load_decoder(self.device, self.dtype)
-        self.low_memory = False
+        self.low_memory = self.tiled
+        if self.tiled:
+            self.family.enable_low_memory_decode()
+
+    def __call__(self, batch):
+        if schema.LATENTS not in batch:
+            batch = self._read_latents(batch)
+        return super().__call__(batch)
+
+    def _read_latents(self, batch):
+        """Latents of a decode job's rows from their saved objects; an unreadable one fails its row."""
+        from latentmill.io import latents as saved, storage
+
+        batch = dict(batch)
+        values = []
+        for row, uri in enumerate(batch[schema.LATENTS_URI]):
+            value = None
+            if not batch[schema.ERROR_STAGE][row]:
+                try:
+                    value, _ = saved.decode_latents(storage.read_bytes(*storage.resolve(str(uri), self.storage_options.reveal())))
+                except Exception as exc:  # noqa: BLE001 - a missing or broken object fails its row only
+                    for column in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
+                        batch[column] = np.array(batch[column], copy=True)
+                    mark_error(batch, row, self.stage, RuntimeError(f"cannot read the latents {uri}: {exc}"))
+            values.append(value)
+        ndim = max((value.ndim for value in values if value is not None), default=3)
+        placeholder = np.zeros((1,) * ndim, dtype=np.float32)
+        batch[schema.LATENTS] = _per_row_array([value if value is not None else placeholder for value in values])
+        return batch
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
@@ -242,6 +282,9 @@ class DecodeWorker(StageWorker):
         out[schema.BYTES] = np.zeros(size, dtype=np.int64)
         out[schema.SHA256] = np.full(size, "", dtype=object)
         out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
+        if self.latents_metadata is not None:
+            out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
+            out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
         return out
 
     def process(self, batch, out, rows):
@@ -263,8 +306,21 @@ class DecodeWorker(StageWorker):
             self.faults.model_call()
             decoded = self.family.decode(latents, requests)
         frames = media.to_uint8(decoded)
-        for row, row_frames in zip(rows, frames):
+        for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
             self._write(batch, out, row, row_frames)
+            if self.latents_metadata is not None:
+                self._save_latents(out, row, row_latents, request)
+
+    def _save_latents(self, out, row: int, latents: np.ndarray, request: Request) -> None:
+        """The row's latents next to its media; the manifest row (written after) names both."""
+        from latentmill.io import latents as saved, storage
+
+        parameters = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
+        data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters})
+        key = f"{storage.safe_key(request.id)}.{saved.EXTENSION}"
+        storage.put_bytes(self.fs, storage.join(self.root, saved.LATENTS_FOLDER, key), data)
+        out[schema.LATENTS_URI][row] = storage.join(self.output_uri, saved.LATENTS_FOLDER, key)
+        out[schema.LATENTS_SHA256][row] = hashlib.sha256(data).hexdigest()
 
     def _write(self, batch, out, row: int, frames: np.ndarray) -> None:
         from latentmill.io import media, storage

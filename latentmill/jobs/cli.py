@@ -55,6 +55,8 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--max-failed", help="error budget: a count (10), fraction (0.05) or percentage (5%%) of rows; "
                      "past it the job exits with code 3")
     run.add_argument("--samples-per-prompt", type=int, help="outputs per prompt row, each with its own seed")
+    run.add_argument("--save-latents", action="store_true",
+                     help="also keep each row's final latents as DEST/latents/<key>.safetensors (for `latentmill decode`)")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
     sizing = run.add_mutually_exclusive_group()
@@ -68,6 +70,53 @@ def _run_parser(subparsers) -> None:
                      help="push the run's final metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve the driver's metrics at http://127.0.0.1:PORT/metrics during the run")
+
+
+def _decode_parser(subparsers) -> None:
+    decode = subparsers.add_parser(
+        "decode",
+        help="decode the saved latents of an earlier run again (another VAE, format or tiling), no denoising",
+        description=(
+            "Run only the decode pool over the latents a run saved with --save-latents: writes media, a manifest "
+            "and error rows to DEST like a run, and resumes like one. Latents of another model family or latent "
+            "layout are refused before anything starts."
+        ),
+    )
+    decode.add_argument("--latents", "-l", required=True, help="output folder or URI of a run made with --save-latents")
+    decode.add_argument("--output", "-o", required=True, help="output folder or URI for the decoded media")
+    decode.add_argument("--model", "-m", help="checkpoint whose VAE decodes (default: the source run's model)")
+    decode.add_argument("--format", choices=IMAGE_FORMATS + VIDEO_FORMATS, help="media format")
+    decode.add_argument("--tiling", action="store_true", help="tiled and sliced VAE decoding (less memory, slower)")
+    decode.add_argument("--config", "-c", type=Path, help="YAML job file (stages.decode, storage, ray, metrics)")
+    decode.add_argument("--limit", type=int, help="decode only the first N latents")
+    decode.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
+    decode.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
+
+
+def _interpolate_parser(subparsers) -> None:
+    interpolate = subparsers.add_parser(
+        "interpolate",
+        help="smooth transitions between keyframes: prompts and seeds blended in latent space, one MP4 each",
+        description=(
+            "Read a keyframe table (one transition per row: prompt_a, prompt_b, seed_a, seed_b, frames, fps, "
+            "easing; or sequence, prompt, seed rows walking through keyframes) and make every frame from the two "
+            "prompts' blended embeddings and the two seeds' spherically interpolated noise. Frames are kept as "
+            "images; each transition becomes videos/<id>.mp4 with a row in transitions/. Resumes like a run."
+        ),
+    )
+    interpolate.add_argument("--input", "-i", required=True, help="Parquet keyframe table (file, folder, glob or URI)")
+    interpolate.add_argument("--output", "-o", required=True, help="output folder or URI")
+    interpolate.add_argument("--model", "-m", help="an image model (default: builtin:tiny-image)")
+    interpolate.add_argument("--frames", type=int, help="frames per transition where the table has none (default 16)")
+    interpolate.add_argument("--fps", type=float, help="video frame rate where the table has none (default 8)")
+    interpolate.add_argument("--easing", choices=("linear", "ease-in-out"), help="how t advances (default linear)")
+    interpolate.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    interpolate.add_argument("--guidance", type=float, help="guidance scale (default: the model's)")
+    interpolate.add_argument("--height", type=int, help="frame height (default: the model's)")
+    interpolate.add_argument("--width", type=int, help="frame width (default: the model's)")
+    interpolate.add_argument("--config", "-c", type=Path, help="YAML job file (stages, storage, ray, defaults)")
+    interpolate.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
+    interpolate.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
 
 
 def _models_parser(subparsers) -> None:
@@ -182,6 +231,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"latentmill {__version__}")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
+    _decode_parser(subparsers)
+    _interpolate_parser(subparsers)
     _models_parser(subparsers)
     _plan_parser(subparsers)
     _bench_parser(subparsers)
@@ -217,6 +268,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("metrics", "port", getattr(args, "metrics_port", None))
     if args.no_progress:
         put("ray", "progress_bars", False)
+    if args.save_latents:
+        put("output", "save_latents", True)
     if args.format in IMAGE_FORMATS:
         put("output", "image_format", args.format)
     elif args.format in VIDEO_FORMATS:
@@ -247,6 +300,58 @@ def _run(args: argparse.Namespace) -> int:
     print()
     print(summary.table())
     return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
+
+
+def _decode(args: argparse.Namespace) -> int:
+    import latentmill
+    from latentmill.config import ConfigError
+    from latentmill.pipelines.job import JobError
+
+    sections: dict[str, Any] = {}
+    if args.format in IMAGE_FORMATS:
+        sections["output"] = {"image_format": args.format}
+    elif args.format in VIDEO_FORMATS:
+        sections["output"] = {"video_format": args.format}
+    if args.limit:
+        sections["input"] = {"limit": args.limit}
+    if args.ray_address:
+        sections["ray"] = {"address": args.ray_address}
+    if args.no_progress:
+        sections.setdefault("ray", {})["progress_bars"] = False
+    try:
+        summary = latentmill.decode(args.latents, args.output, model=args.model, tiling=args.tiling,
+                                    config=args.config, **sections)
+    except (ConfigError, JobError, ValueError) as exc:
+        print(f"latentmill: {exc}", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print()
+    print(summary.table())
+    return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
+
+
+def _interpolate(args: argparse.Namespace) -> int:
+    import latentmill
+    from latentmill.config import ConfigError
+    from latentmill.pipelines.job import JobError
+
+    settings = {key: value for key, value in (("frames", args.frames), ("fps", args.fps), ("easing", args.easing))
+                if value is not None}
+    defaults = {key: value for key, value in (("num_inference_steps", args.steps), ("guidance_scale", args.guidance),
+                                              ("height", args.height), ("width", args.width)) if value is not None}
+    ray_settings = {"address": args.ray_address} if args.ray_address else {}
+    if args.no_progress:
+        ray_settings["progress_bars"] = False
+    try:
+        summary = latentmill.interpolate(args.input, args.output, model=args.model, config=args.config,
+                                         interpolate=settings, defaults=defaults, ray=ray_settings)
+    except (ConfigError, JobError, ValueError) as exc:
+        print(f"latentmill: {exc}", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print()
+    print(summary.table())
+    for transition_id, reason in sorted(summary.failures.items()):
+        print(f"  failed {transition_id}: {reason}")
+    return EXIT_OK if not summary.transitions_failed else EXIT_BUDGET
 
 
 def _models(args: argparse.Namespace) -> int:
@@ -280,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    handlers = {"run": _run, "models": _models, "plan": _plan, "bench": _bench}
+    handlers = {"run": _run, "decode": _decode, "interpolate": _interpolate, "models": _models, "plan": _plan,
+                "bench": _bench}
     return handlers[args.command](args)
 
 

@@ -42,6 +42,7 @@ class Family:
     # Extra per-row parameters: name -> (type, default). Each is a job default (`defaults:` section of
     # the job file), an optional override column of the prompt table and a manifest column.
     extra_parameters: ClassVar[dict[str, tuple[type, Any]]] = {}
+    interpolates: ClassVar[bool] = False  # implements initial_noise and denoise(noise=...)
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
@@ -67,6 +68,11 @@ class Family:
 
     def component_config(self, component: str) -> dict[str, Any]:
         return self.configs[component]
+
+    def latent_channels(self) -> int | None:
+        """Channels of the VAE's latent space (None when the checkpoint has no VAE config)."""
+        vae = self.configs.get("vae", {})
+        return vae.get("latent_channels") or vae.get("z_dim")
 
     def scheduler_name(self) -> str:
         return str(self.index.get("scheduler", ["", ""])[1])
@@ -128,14 +134,21 @@ class Family:
     def load_denoiser(self, device: torch.device, dtype: torch.dtype) -> None:
         raise NotImplementedError
 
-    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]]) -> list[np.ndarray]:
+    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]],
+                noise: list[np.ndarray] | None = None) -> list[np.ndarray]:
         """Final latents (float32) per row, for rows of one denoise group.
 
         Each row draws its initial noise from its own generator, exactly as the plain pipeline does
         for a batch of one, and keeps that generator for any per-step noise; so a row's result does
-        not depend on its batch mates.
+        not depend on its batch mates. `noise` (rows' initial noise in `initial_noise`'s layout, e.g.
+        interpolated between two seeds) replaces the drawn noise.
         """
         raise NotImplementedError
+
+    def initial_noise(self, request: Request) -> np.ndarray:
+        """The initial noise the plain pipeline draws for this row's seed, float32, in the family's
+        unpacked latent layout (what interpolation blends); families without it cannot interpolate."""
+        raise NotImplementedError(f"the {self.name} family does not support explicit initial noise yet")
 
     def load_decoder(self, device: torch.device, dtype: torch.dtype) -> None:
         raise NotImplementedError

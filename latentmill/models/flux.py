@@ -29,9 +29,6 @@ class Flux(ModularFamily):
     defaults = {"num_inference_steps": 28, "guidance_scale": 3.5, "height": 1024, "width": 1024, "fps": 0.0}
     extra_parameters = {TRUE_CFG: (float, 1.0), MAX_SEQUENCE_LENGTH: (int, 512)}
 
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
-
     def size_multiple(self) -> int:
         return 2 * self.vae_scale_factor()  # latents are packed in 2x2 patches
 
@@ -55,13 +52,29 @@ class Flux(ModularFamily):
         self.denoise_pipe.vae_scale_factor = self.vae_scale_factor()  # without its VAE it would assume 8
         self.denoise_dtype = dtype
 
-    def denoise(self, requests, conditioning):
+    def latent_shape(self, request) -> tuple[int, ...]:
+        """Unpacked noise as FluxPipeline draws it: a quarter of the transformer's (packed) channels."""
+        factor = 2 * self.vae_scale_factor()
+        channels = self.component_config("transformer")["in_channels"] // 4
+        return (channels, 2 * (request.height // factor), 2 * (request.width // factor))
+
+    def noise_input(self, noise, requests):
+        import torch
+        from diffusers import FluxPipeline
+
+        batch = torch.stack([torch.from_numpy(row) for row in noise])
+        channels, height, width = batch.shape[1:]
+        return FluxPipeline._pack_latents(batch, len(noise), channels, height, width)
+
+    def denoise(self, requests, conditioning, noise=None):
         import torch
         from diffusers import FluxPipeline
 
         pipe, first = self.denoise_pipe, requests[0]
         embeds = {name: tensors.stack_rows(rows).to(pipe.device, self.denoise_dtype)
                   for name, rows in conditioning.items() if all(row is not None for row in rows)}
+        if noise is not None:
+            embeds["latents"] = self.noise_input(noise, requests).to(pipe.device, self.denoise_dtype)
         with torch.inference_mode():
             packed = pipe(
                 **embeds,

@@ -30,6 +30,7 @@ class StageLoadError(RuntimeError):
 
 
 class ModularFamily(Family):
+    interpolates = True
     blocks_class: ClassVar[str]  # name in diffusers.modular_pipelines
     prompt_tokenizer: ClassVar[str] = "tokenizer"  # the tokenizer whose limit decides `prompt_truncated`
     # The request parameter the guider's scale comes from (classifier-free guidance with negatives).
@@ -189,11 +190,34 @@ class ModularFamily(Family):
         self.denoise_pipe = self._load_stage(schema.STAGE_DENOISE, device, dtype)
         self.denoise_dtype = dtype
 
-    def denoise(self, requests, conditioning):
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
+
+    def latent_shape(self, request: Request) -> tuple[int, ...]:
+        """The unpacked shape of one row's initial noise: the denoiser's channels at the VAE's scale."""
+        denoiser = next(name for name in ("unet", "transformer") if name in self.configs)
+        factor = self.vae_scale_factor()
+        return (self.configs[denoiser]["in_channels"], request.height // factor, request.width // factor)
+
+    def initial_noise(self, request: Request) -> np.ndarray:
+        import torch
+
+        drawn = torch.randn((1, *self.latent_shape(request)), generator=cpu_generator(request.seed))
+        return drawn[0].numpy()
+
+    def noise_input(self, noise: list[np.ndarray], requests: list[Request]):
+        """Rows' initial noise in the form the denoise blocks take as `latents` (unpacked here)."""
+        import torch
+
+        return torch.stack([torch.from_numpy(row) for row in noise])
+
+    def denoise(self, requests, conditioning, noise=None):
         import torch
 
         pipe, first = self.denoise_pipe, requests[0]
         kwargs: dict[str, Any] = {}
+        if noise is not None:
+            kwargs[schema.LATENTS] = self.noise_input(noise, requests).to(pipe.device, self.denoise_dtype)
         for name, rows in conditioning.items():
             if any(row is None for row in rows):
                 continue  # e.g. negatives of rows without guidance: the group has none

@@ -30,3 +30,8 @@ class QwenImage(ModularFamily):
         if not self.component_config("transformer").get("guidance_embeds"):
             kwargs["guidance_scale"] = None  # the pipeline only warns about a scale it ignores
         return kwargs
+
+    interpolates = False
+
+    def initial_noise(self, request):
+        raise NotImplementedError("latent interpolation does not support Qwen-Image (packed 5-D latents) yet")

@@ -310,7 +310,8 @@ class Simulated(Family):
             truncated=[False] * len(requests),
         )
 
-    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]]) -> list[np.ndarray]:
+    def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]],
+                noise: list[np.ndarray] | None = None) -> list[np.ndarray]:
         self._sleep("denoise", len(requests))
         dtype = np.dtype(self.profile["latent_dtype"])
         # Deterministic per row (its seed), independent of its batch mates; memset-cheap.

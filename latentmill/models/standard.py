@@ -23,6 +23,7 @@ NEGATIVE_PROMPT_EMBEDS = "negative_prompt_embeds"
 
 
 class StandardFamily(Family):
+    interpolates = True
     # Which components each stage loads (names in model_index.json).
     stage_components: ClassVar[dict[str, tuple[str, ...]]]
 
@@ -80,18 +81,28 @@ class StandardFamily(Family):
 
         return torch.float32
 
-    def denoise(self, requests, conditioning):
+    def initial_noise(self, request: Request) -> np.ndarray:
+        import torch
+
+        # float32 here (the encode actor has no denoiser dtype); the denoise stage casts it as it casts its own
+        drawn = torch.randn((1, *self.latent_shape(request)), generator=cpu_generator(request.seed))
+        return drawn[0].numpy()
+
+    def denoise(self, requests, conditioning, noise=None):
         import torch
 
         pipe = self.denoise_pipe
         device, dtype = pipe.device, self.denoise_dtype
         generators = [cpu_generator(r.seed) for r in requests]
-        noise = torch.cat(
-            [
-                torch.randn((1, *self.latent_shape(r)), generator=g, dtype=self.noise_dtype())
-                for r, g in zip(requests, generators)
-            ]
-        )
+        if noise is None:
+            noise = torch.cat(
+                [
+                    torch.randn((1, *self.latent_shape(r)), generator=g, dtype=self.noise_dtype())
+                    for r, g in zip(requests, generators)
+                ]
+            )
+        else:
+            noise = torch.stack([torch.from_numpy(row) for row in noise]).to(self.noise_dtype())
         first = requests[0]
         embeds = {}
         for name, rows in conditioning.items():

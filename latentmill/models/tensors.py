@@ -87,3 +87,32 @@ def rows_of(batch: torch.Tensor | list | None, size: int) -> list[np.ndarray | N
     if batch is None:
         return [None] * size
     return [to_numpy(row) for row in batch]
+
+
+def slerp(a: np.ndarray, b: np.ndarray, t: float, parallel: float = 0.9995) -> np.ndarray:
+    """Spherical interpolation of two noise tensors (keeps the noise's norm, unlike a straight line);
+    a straight line where the two are nearly parallel and the sphere's arc is ill-defined."""
+    a64, b64 = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    cosine = float(a64 @ b64 / (np.linalg.norm(a64) * np.linalg.norm(b64) or 1.0))
+    if abs(cosine) > parallel:
+        mixed = (1 - t) * a64 + t * b64
+    else:
+        angle = np.arccos(np.clip(cosine, -1.0, 1.0))
+        mixed = (np.sin((1 - t) * angle) * a64 + np.sin(t * angle) * b64) / np.sin(angle)
+    return mixed.reshape(a.shape).astype(a.dtype)
+
+
+def blend(a: np.ndarray | None, b: np.ndarray | None, t: float) -> np.ndarray | None:
+    """One conditioning tensor between two prompts' (None if either has none).
+
+    Floating-point tensors are interpolated on a straight line after zero-padding the shorter to the
+    longer's shape (variable-length embeddings); masks and ids take the union (the longer one's).
+    """
+    if a is None or b is None:
+        return None
+    a_t = to_torch(a)
+    padded = stack_rows([a, b])
+    if not a_t.is_floating_point():
+        return to_numpy(padded.max(dim=0).values)
+    mixed = (1 - t) * padded[0].float() + t * padded[1].float()
+    return to_numpy(mixed.to(a_t.dtype))

@@ -23,3 +23,8 @@ class ZImage(ModularFamily):
 
     def size_multiple(self) -> int:
         return 16
+
+    interpolates = False
+
+    def initial_noise(self, request):
+        raise NotImplementedError("latent interpolation does not support Z-Image (its list embeddings cannot be blended) yet")

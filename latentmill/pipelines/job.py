@@ -85,6 +85,12 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         del decisive["defaults"]["model_parameters"]
     if config.stages.conditioning_dtype != "encoder":
         decisive["conditioning_dtype"] = config.stages.conditioning_dtype
+    if config.output.save_latents:
+        decisive["save_latents"] = True
+    if config.decode is not None:
+        decisive["decode"] = config.decode.model_dump(mode="json")
+    if config.interpolate is not None:
+        decisive["interpolate"] = config.interpolate.model_dump(mode="json")
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -92,12 +98,14 @@ class ResultWriter:
     """Writes manifest and error rows as Parquet parts; a part is written only after its media."""
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
-                 flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = ()) -> None:
+                 flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
+                 latents: bool = False, more_columns: tuple[str, ...] = ()) -> None:
         from latentmill.io import storage
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.rows_per_part, self.static = run_id, rows_per_part, static
-        self.columns = {"manifest": schema.manifest_columns(extra_names), "errors": schema.ERROR_COLUMNS}
+        self.columns = {"manifest": (*schema.manifest_columns(extra_names, latents), *more_columns),
+                        "errors": schema.ERROR_COLUMNS}
         self.pending: dict[str, list[dict[str, Any]]] = {"manifest": [], "errors": []}
         self.parts = {"manifest": 0, "errors": 0}
         self.flush_seconds = flush_seconds
@@ -191,6 +199,7 @@ def prepare(config: JobConfig):
     from latentmill.io.storage import StorageError, check_writable
     from latentmill.models import ModelError, resolve_model
     from latentmill.pipelines.inputs import InputError, inspect_table
+    from latentmill.pipelines.redecode import LatentsMismatch, check_source, source_columns
     from latentmill.pipelines.validate import DefaultsError, RowRules, resolve_defaults
 
     options = config.storage.fsspec_options()
@@ -199,9 +208,13 @@ def prepare(config: JobConfig):
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
-        table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
-                              tuple(family.extra_parameters))
-    except (InputError, StorageError, ModelError, DefaultsError) as exc:
+        if config.decode is None:
+            table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
+                                  tuple(family.extra_parameters))
+        else:
+            table = inspect_table(config.input.uri, options, schema.PROMPT, schema.ID, source_columns(family))
+            check_source(table, family, config.model.path, options)
+    except (InputError, StorageError, ModelError, DefaultsError, LatentsMismatch) as exc:
         raise JobError(str(exc)) from None
     rules = RowRules(
         prompt_column=config.input.prompt_column,
@@ -258,7 +271,8 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
         "job_fingerprint": fingerprint,
     }
     writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
-                          config.output.manifest_flush_seconds, static, tuple(family.extra_parameters))
+                          config.output.manifest_flush_seconds, static, tuple(family.extra_parameters),
+                          latents=config.output.save_latents or config.decode is not None)
     job_metrics = DriverMetrics(config.model.path, config.metrics.job_name)
     try:
         job_metrics.serve(config.metrics.port, config.metrics.address)  # port None: not served
@@ -301,6 +315,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.io.storage import StorageError
     from latentmill.pipelines.ledger import start_ledger
     from latentmill.pipelines.plan import build_dataset
+    from latentmill.pipelines.redecode import build_decode_dataset
 
     init_ray(config)
     context = ray.data.DataContext.get_current()
@@ -309,7 +324,10 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     context.raise_original_map_exception = True
     ledger = start_ledger()
     done = ray.put(frozenset(state.done)) if state.done else None
-    dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
+    if config.decode is None:
+        dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
+    else:  # a source manifest's ids are unique: no ledger needed
+        dataset = build_decode_dataset(config, table, rules, model, options, done=done)
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)

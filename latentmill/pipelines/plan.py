@@ -68,14 +68,28 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
         if stage == schema.STAGE_ENCODE:
             kwargs["conditioning_float32"] = config.stages.conditioning_dtype == "float32"
         if stage == schema.STAGE_DECODE:
-            kwargs.update(
-                output_uri=config.output.uri,
-                storage_options=HiddenOptions(storage_options),
-                image_format=config.output.image_format,
-                video_format=config.output.video_format,
-            )
+            kwargs.update(decode_kwargs(config, model, rules, storage_options))
         ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))
     return ds
+
+
+def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_options: dict[str, Any],
+                  tiled: bool = False) -> dict[str, Any]:
+    """The decode workers' settings: where and how to write, and what saved latents record."""
+    from latentmill import __version__
+
+    metadata = None
+    if config.output.save_latents:
+        metadata = {"model": model.path, "model_hash": model.content_hash, "model_family": rules.family.name,
+                    "pipeline_class": model.pipeline_class, "latentmill_version": __version__}
+    return {
+        "output_uri": config.output.uri,
+        "storage_options": HiddenOptions(storage_options),
+        "image_format": config.output.image_format,
+        "video_format": config.output.video_format,
+        "latents_metadata": metadata,
+        "tiled": tiled,
+    }
 
 
 def _read_parquet(files: list[str], filesystem):

@@ -81,12 +81,21 @@ def load_output_state(fs, root: str, verify: str = "sha256", threads: int = 16) 
     tables = {}
     for part in state.manifest_parts:
         tables[part] = _read_table(fs, part)
-        for row in tables[part].select([schema.ID, schema.OUTPUT_URI, schema.SHA256, schema.BYTES]).to_pylist():
+        columns = [schema.ID, schema.OUTPUT_URI, schema.SHA256, schema.BYTES]
+        if schema.LATENTS_SHA256 in tables[part].column_names:  # saved latents: part of the row's output
+            columns += [schema.LATENTS_URI, schema.LATENTS_SHA256]
+        for row in tables[part].select(columns).to_pylist():
             rows[row[schema.ID]] = row
 
     def intact(row: dict[str, Any]) -> bool:
         object_fs, path = resolve(row[schema.OUTPUT_URI], fs.storage_options)
         try:
+            if row.get(schema.LATENTS_SHA256):
+                latents_fs, latents_path = resolve(row[schema.LATENTS_URI], fs.storage_options)
+                if verify == "size":
+                    latents_fs.size(latents_path)
+                elif hashlib.sha256(read_bytes(latents_fs, latents_path)).hexdigest() != row[schema.LATENTS_SHA256]:
+                    return False
             if verify == "size":
                 return object_fs.size(path) == row[schema.BYTES]
             return hashlib.sha256(read_bytes(object_fs, path)).hexdigest() == row[schema.SHA256]

@@ -123,7 +123,7 @@ class FakeFamily:
     def denoise_group_key(self, request):
         return (request.height, request.width)
 
-    def denoise(self, requests, conditioning):
+    def denoise(self, requests, conditioning, noise=None):
         assert all(value.shape == (3, 4) for value in conditioning["prompt_embeds"])
         return [np.full((4, 2, 2), r.seed % 7, dtype=np.float32) for r in requests]
 

@@ -1,0 +1,148 @@
+"""Interpolation jobs: keyframes to smooth transitions, endpoints equal to plain runs, exactly once."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import latentmill
+from latentmill import schema
+from latentmill.io import media, storage
+from latentmill.jobs.cli import EXIT_JOB_ERROR, main
+from latentmill.pipelines.job import JobError
+
+from tests.helpers import generate, read_parquet_folder, write_table
+from tests.integration.exactly_once import session_env
+
+pytestmark = pytest.mark.slow
+
+POOL = {"batch_size": 4, "num_cpus": 0.5, "torch_threads": 1}
+STAGES = {"encode": POOL, "denoise": POOL, "decode": POOL}
+FRAMES = 8
+
+
+def frames_of(out, transition_id: str, frames: int) -> np.ndarray:
+    return np.stack([media.decode_image((out / "media" / f"{transition_id}-f{k:04d}.png").read_bytes())
+                     for k in range(frames)]).astype(int)
+
+
+def plain(tmp_path, model: str, rows: list[dict]) -> dict[str, np.ndarray]:
+    table = write_table(tmp_path / "plain.parquet", rows)
+    generate(str(table), str(tmp_path / "plain"), model=model)
+    fs, root = storage.resolve(str(tmp_path / "plain"))
+    manifest = read_parquet_folder(fs, storage.join(root, "manifest")).to_pylist()
+    return {row[schema.ID]: media.decode_image(storage.read_bytes(*storage.resolve(row[schema.OUTPUT_URI]))).astype(int)
+            for row in manifest}
+
+
+@pytest.mark.parametrize("model", ["builtin:tiny-image", "builtin:tiny-flux"])
+def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tmp_path, model):
+    keyframes = write_table(tmp_path / "keyframes.parquet", [
+        {"id": "red-to-blue", "prompt_a": "a red circle", "prompt_b": "a blue square", "seed_a": 11, "seed_b": 22,
+         "frames": FRAMES},
+        {"id": "eased", "prompt_a": "a cat", "prompt_b": "a dog", "seed_a": 3, "seed_b": 4, "frames": 4,
+         "easing": "ease-in-out", "fps": 4.0},
+    ])
+    out = tmp_path / "out"
+    summary = latentmill.interpolate(str(keyframes), str(out), model=model, stages=STAGES, ray={"progress_bars": False})
+    assert (summary.transitions_written, summary.transitions_failed, summary.frames_written) == (2, 0, FRAMES + 4)
+
+    reference = plain(tmp_path, model, [{"id": "a", "prompt": "a red circle", "seed": 11},
+                                        {"id": "b", "prompt": "a blue square", "seed": 22}])
+    frames = frames_of(out, "red-to-blue", FRAMES)
+    assert np.abs(frames[0] - reference["a"]).max() <= 2, "t=0 differs from a plain run of (prompt_a, seed_a)"
+    assert np.abs(frames[-1] - reference["b"]).max() <= 2, "t=1 differs from a plain run of (prompt_b, seed_b)"
+    steps = [np.abs(frames[k + 1] - frames[k]).mean() for k in range(FRAMES - 1)]
+    endpoints = np.abs(frames[-1] - frames[0]).mean()
+    assert max(steps) < endpoints / (FRAMES / 4), (steps, endpoints)
+
+    transitions = {row["id"]: row for row in pq.read_table(out / "transitions").to_pylist()}
+    assert set(transitions) == {"red-to-blue", "eased"}
+    video = (out / "videos" / "red-to-blue.mp4").read_bytes()
+    assert transitions["red-to-blue"]["bytes"] == len(video) and transitions["red-to-blue"]["frames"] == FRAMES
+    decoded = media.decode_video(video).astype(int)
+    assert decoded.shape[0] == FRAMES
+    # in order: each video frame is closest to the image of the same step (the video is lossy)
+    order = [int(np.argmin([np.abs(decoded[k] - frame).mean() for frame in frames])) for k in range(FRAMES)]
+    assert order == list(range(FRAMES))
+
+    again = latentmill.interpolate(str(keyframes), str(out), model=model, stages=STAGES, ray={"progress_bars": False})
+    assert (again.already_done, again.transitions_written, again.frames_written) == (2, 0, 0)
+
+
+def test_a_walk_through_keyframes_makes_one_transition_per_pair(ray_local, tmp_path):
+    keyframes = write_table(tmp_path / "walk.parquet", [
+        {"sequence": "day", "prompt": "dawn over a lake", "seed": 1, "frames": 3},
+        {"sequence": "day", "prompt": "noon over a lake", "seed": 2, "frames": 3},
+        {"sequence": "day", "prompt": "dusk over a lake", "seed": 3},
+    ])
+    summary = latentmill.interpolate(str(keyframes), str(tmp_path / "out"), stages=STAGES, ray={"progress_bars": False})
+    assert summary.transitions_written == 2
+    assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["day-000.mp4", "day-001.mp4"]
+
+
+@pytest.mark.parametrize(("rows", "message"), [
+    ([{"prompt": "no transition columns"}], "needs either prompt_a and prompt_b columns"),
+    ([{"prompt_a": "a", "prompt_b": "b", "frames": 1}], "keyframe row 0: frames must be at least 2"),
+    ([{"prompt_a": "a", "prompt_b": "b", "easing": "bounce"}], "keyframe row 0: easing 'bounce' is not one of"),
+    ([{"prompt_a": "a", "prompt_b": None}], "keyframe row 0: column 'prompt_b' is empty"),
+])
+def test_bad_keyframe_tables_stop_before_anything_starts(tmp_path, capsys, rows, message):
+    keyframes = write_table(tmp_path / "k.parquet", rows)
+    code = main(["interpolate", "--input", str(keyframes), "--output", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == EXIT_JOB_ERROR and message in err and "Traceback" not in err
+
+
+def test_video_and_unsupported_models_are_refused(tmp_path):
+    keyframes = write_table(tmp_path / "k.parquet", [{"prompt_a": "a", "prompt_b": "b"}])
+    with pytest.raises(JobError, match=r"builtin:tiny-video \(wan\) cannot interpolate"):
+        latentmill.interpolate(str(keyframes), str(tmp_path / "out"), model="builtin:tiny-video")
+
+
+JOB = """
+output:
+  manifest_rows_per_part: 1
+  manifest_flush_seconds: 0.1
+stages:
+  encode: {batch_size: 1, num_cpus: 0.5, torch_threads: 1}
+  denoise: {batch_size: 1, num_cpus: 0.5, torch_threads: 1}
+  decode: {batch_size: 1, num_cpus: 0.5, torch_threads: 1}
+"""
+
+
+def test_a_killed_interpolation_job_finishes_every_transition_exactly_once(ray_local, tmp_path):
+    ids = [f"t{i}" for i in range(3)]
+    keyframes = write_table(tmp_path / "k.parquet", [
+        {"id": i, "prompt_a": f"prompt {i} a", "prompt_b": f"prompt {i} b", "frames": 4} for i in ids])
+    job = tmp_path / "job.yaml"
+    job.write_text(JOB)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "latentmill.jobs.cli", "interpolate", "--no-progress", "--config", str(job),
+               "--input", str(keyframes), "--output", str(out)]
+    env = session_env(LATENTMILL_FAULTS="denoise:sleep:0.3")
+    driver = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while len(list((out / "manifest").glob("*.parquet")) if (out / "manifest").exists() else []) < 3:
+        assert driver.poll() is None, f"the job ended before it could be killed:\n{driver.stdout.read()[-3000:]}"
+        assert time.monotonic() < deadline, "no frames after 300 s"
+        time.sleep(0.1)
+    driver.send_signal(signal.SIGKILL)
+    driver.communicate(timeout=60)
+    time.sleep(2)
+
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-3000:]
+    transitions = pq.read_table(out / "transitions").to_pylist()
+    assert sorted(row["id"] for row in transitions) == ids  # each exactly once
+    frames = [row[schema.ID] for part in sorted((out / "manifest").glob("*.parquet"))
+              for row in pq.read_table(part).to_pylist()]
+    assert sorted(frames) == sorted(f"{i}-f{k:04d}" for i in ids for k in range(4))  # no frame twice
+    for row in transitions:
+        assert media.decode_video((out / "videos" / f"{row['id']}.mp4").read_bytes()).shape[0] == 4
