@@ -204,14 +204,18 @@ def prepare(config: JobConfig):
 
     options = config.storage.fsspec_options()
     try:
-        check_writable(config.output.uri, options)  # storage first: a credentials problem is the likeliest
+        # The input, then the output (a credentials problem is the likeliest), then the model; the
+        # table's columns are known once the model says which extra per-row parameters it takes.
+        if config.decode is None:
+            table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column)
+        check_writable(config.output.uri, options)
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
-        if config.decode is None:
+        if config.decode is None and family.extra_parameters:
             table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
                                   tuple(family.extra_parameters))
-        else:
+        elif config.decode is not None:
             table = inspect_table(config.input.uri, options, schema.PROMPT, schema.ID, source_columns(family))
             check_source(table, family, config.model.path, options)
     except (InputError, StorageError, ModelError, DefaultsError, LatentsMismatch) as exc:
