@@ -199,7 +199,8 @@ class PoolSettings(_Strict):
             if not name.strip():
                 raise ValueError("a resource name must not be empty")
             if name in _RAY_BUILTIN_RESOURCES:
-                raise ValueError(f"{name!r} is one of Ray's own resources; set it with num_cpus/num_gpus, not resources")
+                raise ValueError(f"{name!r} is one of Ray's own resources; set it with num_cpus/num_gpus, "
+                                 "not resources")
             _resource_quantity(quantity, f"resource {name!r}")
         return value
 
@@ -319,7 +320,8 @@ class JobConfig(_Strict):
             budget = parse_budget(value)
         except ValueError:
             raise ValueError("max_failed must be a count (10), a fraction (0.05) or a percentage ('5%')") from None
-        if budget is not None and (not math.isfinite(budget) or budget < 0 or (isinstance(budget, float) and budget >= 1)):
+        if budget is not None and (not math.isfinite(budget) or budget < 0
+                                   or (isinstance(budget, float) and budget >= 1)):
             raise ValueError("max_failed must be a count >= 0 or a fraction below 1")
         return budget
 
