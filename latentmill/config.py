@@ -7,6 +7,7 @@ local Ray instance.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -17,6 +18,36 @@ DType = Literal["float32", "float16", "bfloat16"]
 
 class ConfigError(Exception):
     """A job configuration that cannot run; the message names the field and the fix."""
+
+
+# Ray's resource quantities: at most 1e14, fractions no finer than 0.0001 (ray_option_utils).
+_MAX_RESOURCE = 1e14
+_RESOURCE_STEP = 1e-4
+_RAY_BUILTIN_RESOURCES = {"CPU", "GPU", "memory", "object_store_memory"}
+
+
+def _not_bool(value: Any, what: str) -> Any:
+    """Reject true/false where a number is meant (pydantic would read them as 1 and 0)."""
+    if isinstance(value, bool) or (isinstance(value, (list, tuple)) and any(isinstance(v, bool) for v in value)):
+        raise ValueError(f"{what} must be a number, not {str(value).lower()}")
+    return value
+
+
+def _resource_quantity(value: float | None, what: str) -> float | None:
+    """A quantity Ray accepts for a task or actor: finite, >= 0, 0 or at least 0.0001."""
+    if value is None:
+        return value
+    if not math.isfinite(value) or value < 0 or value > _MAX_RESOURCE:
+        raise ValueError(f"{what} must be a finite number between 0 and {_MAX_RESOURCE:g}, got {value}")
+    if 0 < value < _RESOURCE_STEP:
+        raise ValueError(f"{what} must be 0 or at least {_RESOURCE_STEP} (Ray's finest fraction), got {value}")
+    return value
+
+
+def _finite(value: float | None, what: str) -> float | None:
+    if value is not None and not math.isfinite(value):
+        raise ValueError(f"{what} must be a finite number, got {value}")
+    return value
 
 
 class _Strict(BaseModel):
@@ -35,6 +66,14 @@ class StorageSettings(_Strict):
     secret: SecretStr | None = None
     region: str | None = None
     anon: bool = False
+
+    @field_validator("endpoint_url")
+    @classmethod
+    def _check_endpoint(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError(f"endpoint_url must be a URL starting with http:// or https://, got {value!r} "
+                             "(e.g. http://127.0.0.1:9000)")
+        return value
 
     def fsspec_options(self) -> dict[str, Any]:
         """fsspec storage options for s3:// URIs; the secret is revealed only here."""
@@ -64,6 +103,13 @@ class InputSettings(_Strict):
         1, ge=1, description="Outputs per row; sample k gets id '<id>-s<k>' and its own derived seed."
     )
 
+    @field_validator("prompt_column", "id_column")
+    @classmethod
+    def _check_column(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("a column name must not be empty")
+        return value
+
 
 class OutputSettings(_Strict):
     uri: str = Field("", description="Local folder or URI that receives media/, manifest/, errors/.")
@@ -81,6 +127,11 @@ class OutputSettings(_Strict):
         "sha256", description="How a resumed run checks the objects a manifest names: re-hash, or size only."
     )
 
+    @field_validator("manifest_flush_seconds")
+    @classmethod
+    def _check_flush(cls, value: float) -> float:
+        return _finite(value, "manifest_flush_seconds")
+
 
 class ModelSettings(_Strict):
     path: str = Field("builtin:tiny-image", description="builtin:NAME, a local diffusers folder or a URI.")
@@ -94,7 +145,8 @@ class GenerationDefaults(_Strict):
     """
 
     negative_prompt: str = ""
-    seed: int = Field(0, ge=0, description="Job seed; a row without a seed gets one derived from it and its id.")
+    seed: int = Field(0, ge=0, lt=2**63,
+                      description="Job seed; a row without a seed gets one derived from it and its id.")
     num_inference_steps: int | None = Field(None, ge=1)
     guidance_scale: float | None = Field(None, ge=0)
     height: int | None = Field(None, ge=8)
@@ -106,6 +158,11 @@ class GenerationDefaults(_Strict):
         description="The model family's extra per-row parameters (README, 'Model families'), e.g. "
         "{true_cfg_scale: 4.0}; a prompt-table column of the same name overrides them per row.",
     )
+
+    @field_validator("guidance_scale", "fps")
+    @classmethod
+    def _check_finite(cls, value: float | None, info) -> float | None:
+        return _finite(value, info.field_name)
 
 
 class Limits(_Strict):
@@ -128,6 +185,28 @@ class PoolSettings(_Strict):
     resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources to target.")
     dtype: DType = "float32"
     torch_threads: int | None = Field(None, ge=1, description="Default: max(1, round(num_cpus)).")
+
+    @field_validator("size", "batch_size", "torch_threads", mode="before")
+    @classmethod
+    def _check_whole(cls, value: Any, info) -> Any:
+        return _not_bool(value, info.field_name)
+
+    @field_validator("num_cpus", "num_gpus")
+    @classmethod
+    def _check_quantity(cls, value: float, info) -> float:
+        return _resource_quantity(value, info.field_name)
+
+    @field_validator("resources")
+    @classmethod
+    def _check_resources(cls, value: dict[str, float]) -> dict[str, float]:
+        for name, quantity in value.items():
+            if not name.strip():
+                raise ValueError("a resource name must not be empty")
+            if name in _RAY_BUILTIN_RESOURCES:
+                raise ValueError(f"{name!r} is one of Ray's own resources; set it with num_cpus/num_gpus, "
+                                 "not resources")
+            _resource_quantity(quantity, f"resource {name!r}")
+        return value
 
     @field_validator("size")
     @classmethod
@@ -180,6 +259,23 @@ class RaySettings(_Strict):
     )
     local_num_gpus: float | None = None
     progress_bars: bool = True
+
+    @field_validator("local_num_cpus", "local_num_gpus", mode="before")
+    @classmethod
+    def _check_number(cls, value: Any, info) -> Any:
+        return _not_bool(value, info.field_name)
+
+    @field_validator("local_num_cpus", "local_num_gpus")
+    @classmethod
+    def _check_local(cls, value: float | None, info) -> float | None:
+        least = 1 if info.field_name == "local_num_cpus" else 0
+        what = "CPUs" if least else "GPUs"
+        if value is None:
+            return value
+        if not math.isfinite(value) or value != int(value) or not least <= value <= _MAX_RESOURCE:
+            raise ValueError(f"{info.field_name} must be a whole number >= {least} (the {what} of the Ray started "
+                             f"on this machine), or null for the default; got {value!r}")
+        return value
 
 
 class MetricsSettings(_Strict):
@@ -245,7 +341,8 @@ class JobConfig(_Strict):
             budget = parse_budget(value)
         except ValueError:
             raise ValueError("max_failed must be a count (10), a fraction (0.05) or a percentage ('5%')") from None
-        if budget is not None and (budget < 0 or (isinstance(budget, float) and budget >= 1)):
+        if budget is not None and (not math.isfinite(budget) or budget < 0
+                                   or (isinstance(budget, float) and budget >= 1)):
             raise ValueError("max_failed must be a count >= 0 or a fraction below 1")
         return budget
 

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from latentmill import schema
+from latentmill.pipelines.inputs import READ_ERROR, READ_POSITION
 from latentmill.pipelines.validate import RowRules
 from latentmill.rows import empty_request_columns, request_from, write_request
 
@@ -99,6 +100,13 @@ def manifest_to_requests(table, rules: RowRules, done=None) -> dict[str, np.ndar
     for column in SOURCE_SECONDS:
         out[column] = np.array([row.get(column) or 0.0 for row in rows], dtype=np.float64)
     for index, row in enumerate(rows):
+        read_error, position = row.pop(READ_ERROR, None), row.pop(READ_POSITION, None)
+        if read_error:  # a damaged part of the source manifest: the row is named by its file and row number
+            out[schema.ID][index] = position
+            out[schema.ERROR_STAGE][index] = schema.STAGE_VALIDATE
+            out[schema.ERROR_TYPE][index] = "UnreadableRow"
+            out[schema.ERROR_MESSAGE][index] = read_error
+            continue
         values = {**rules.defaults, **{k: v for k, v in row.items() if v is not None}}
         request = request_from(values, extra_names)
         write_request(out, index, request)
@@ -118,10 +126,7 @@ def build_decode_dataset(config, table, rules: RowRules, model, storage_options:
     from latentmill.actors.stages import DecodeWorker
     from latentmill.pipelines.plan import _read_parquet, decode_kwargs, pool_args, worker_kwargs
 
-    import pyarrow.fs
-
-    filesystem = pyarrow.fs.PyFileSystem(pyarrow.fs.FSSpecHandler(table.filesystem))
-    ds = _read_parquet(list(table.files), filesystem).select_columns(list(table.columns))
+    ds = _read_parquet(table)
     if config.input.limit:
         ds = ds.limit(config.input.limit)
     ds = ds.map_batches(manifest_to_requests, batch_format="pyarrow", batch_size=None,

@@ -17,6 +17,7 @@ import numpy as np
 from latentmill import schema
 from latentmill.config import GenerationDefaults, Limits
 from latentmill.models.base import Family
+from latentmill.pipelines.inputs import READ_ERROR, READ_POSITION
 from latentmill.rows import Request, empty_request_columns, request_from, write_request
 
 SEED_LIMIT = 2**63
@@ -186,7 +187,13 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
     previous run completed) marks those requests ALREADY_DONE so no stage touches them again.
     """
     results: list[tuple[str, int, str, Request | None, str]] = []  # id, sample, input row, request, error
+    unreadable: set[int] = set()  # positions in `results` of rows the read could not read
     for row in table.to_pylist():
+        read_error, position = row.pop(READ_ERROR, None), row.pop(READ_POSITION, None)
+        if read_error:  # the row's id and prompt are unknown: it is named by its file and row number
+            unreadable.add(len(results))
+            results.append((position, 0, json.dumps({"unreadable": position}, ensure_ascii=False), None, read_error))
+            continue
         input_row = json.dumps(row, ensure_ascii=False, default=str)
         try:
             requests = to_requests(row, rules)
@@ -221,7 +228,7 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
             out[schema.PROMPT][index] = prompt if isinstance(prompt, str) else ""
             out[schema.NEGATIVE_PROMPT][index] = ""
             out[schema.ERROR_STAGE][index] = schema.STAGE_VALIDATE
-            out[schema.ERROR_TYPE][index] = "InvalidRow"
+            out[schema.ERROR_TYPE][index] = "UnreadableRow" if index in unreadable else "InvalidRow"
             out[schema.ERROR_MESSAGE][index] = error
             continue
         write_request(out, index, request)

@@ -224,15 +224,59 @@ def test_missing_prompt_column(model_cache, tmp_path, capsys):
 
 
 def test_files_of_one_table_with_different_prompt_types(model_cache, tmp_path, capsys):
-    """Ray Data cannot unify text and integer columns: refused up front, naming the file and column."""
+    """Ray Data cannot unify text and integer columns: refused up front, naming the files and column."""
     folder = tmp_path / "table"
     folder.mkdir()
     write_table(folder / "a.parquet", [{"prompt": "text"}])
     pq.write_table(pa.table({"prompt": [5]}), folder / "b.parquet")
     code, _, err = run_cli(capsys, "--input", str(folder), "--output", str(tmp_path / "out"))
     assert code == EXIT_JOB_ERROR
-    assert "b.parquet' does not match the table's other files" in err and "prompt" in err
-    assert "string vs int64" in err and "Traceback" not in err
+    assert "column 'prompt' has different types in the files of the prompt table" in err
+    assert f"string in '{folder / 'a.parquet'}'; int64 in '{folder / 'b.parquet'}'" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_table_with_two_columns_of_one_name(model_cache, tmp_path, capsys):
+    """Two `prompt` columns: this failed with an ArrowInvalid traceback after Ray started."""
+    table = tmp_path / "dup.parquet"
+    pq.write_table(pa.Table.from_arrays([pa.array(["a"]), pa.array(["b"]), pa.array(["x"])],
+                                        names=["prompt", "prompt", "id"]), table)
+    code, out, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"))
+    assert code == EXIT_JOB_ERROR
+    assert f"'{table}' has 2 columns named 'prompt'; every column of a prompt table needs its own name" in err
+    assert "Rename or drop the extra column(s)" in err and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("section", "values", "message"),
+    [
+        ("ray", {"local_num_cpus": -1}, "ray.local_num_cpus: Value error, local_num_cpus must be a whole number >= 1"),
+        ("ray", {"local_num_gpus": 1.5}, "ray.local_num_gpus: Value error, local_num_gpus must be a whole number >= 0"),
+        ("stages", {"denoise": {"num_gpus": float("inf")}},
+         "stages.denoise.num_gpus: Value error, num_gpus must be a finite number between 0 and 1e+14"),
+        ("stages", {"encode": {"resources": {"GPU": 1}}}, "stages.encode.resources: Value error, 'GPU' is one of Ray's own"),
+        ("stages", {"decode": {"batch_size": True}}, "stages.decode.batch_size: Value error, batch_size must be a number"),
+        ("output", {"manifest_flush_seconds": float("inf")},
+         "output.manifest_flush_seconds: Value error, manifest_flush_seconds must be a finite number"),
+        ("storage", {"endpoint_url": "localhost:9000"}, "storage.endpoint_url: Value error, endpoint_url must be a URL"),
+    ],
+    ids=["negative-local-cpus", "fractional-local-gpus", "infinite-pool-gpus", "ray-resource-by-name",
+         "boolean-batch-size", "infinite-flush-interval", "endpoint-without-scheme"],
+)
+def test_invalid_settings_stop_before_ray_naming_the_field(tmp_path, capsys, section, values, message):
+    """`ray.local_num_cpus: -1` was a ValueError traceback from ray.init; every such value is now refused
+    when the job file is read, naming the field."""
+    import yaml
+
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    job = tmp_path / "job.yaml"
+    job.write_text(yaml.safe_dump({section: values}))
+    code, out, err = run_cli(capsys, "--config", str(job), "--input", str(table), "--output", str(tmp_path / "out"))
+    assert code == EXIT_JOB_ERROR
+    assert message in err and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
 
 
 def test_model_path_that_does_not_exist(tmp_path, capsys):
@@ -251,6 +295,70 @@ def test_model_that_is_not_a_diffusers_checkpoint(tmp_path, capsys):
     code, _, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"), "--model", str(model))
     assert code == EXIT_JOB_ERROR
     assert "is not a diffusers checkpoint: " in err and "model_index.json is missing" in err
+
+
+def _damage(model: Path, damage: str) -> str:
+    """Damage a copy of the tiny image checkpoint; returns the file the message must name."""
+    if damage == "unet-config-missing":
+        (model / "unet" / "config.json").unlink()
+        return f"component 'unet' (UNet2DConditionModel): {model / 'unet' / 'config.json'} is missing"
+    if damage == "vae-config-not-json":
+        (model / "vae" / "config.json").write_text('{"block_out_channels": [8, 8')
+        return f"{model / 'vae' / 'config.json'} cannot be read as JSON (JSONDecodeError: "
+    if damage == "vae-weights-missing":
+        (model / "vae" / "diffusion_pytorch_model.safetensors").unlink()
+        return (f"component 'vae' (AutoencoderKL): its weights are missing: {model / 'vae'} holds no "
+                "diffusion_pytorch_model.safetensors")
+    if damage == "text-encoder-truncated":
+        weights = model / "text_encoder" / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-1000])
+        return f"component 'text_encoder' (CLIPTextModel): the weights file {weights} is truncated: "
+    if damage == "scheduler-config-missing":
+        (model / "scheduler" / "scheduler_config.json").unlink()
+        return f"component 'scheduler' (PNDMScheduler): {model / 'scheduler' / 'scheduler_config.json'} is missing"
+    if damage == "tokenizer-empty":
+        for file in (model / "tokenizer").iterdir():
+            file.unlink()
+        return f"component 'tokenizer' (CLIPTokenizer): none of its files is in {model / 'tokenizer'}"
+    if damage == "weight-shard-missing":
+        unet = model / "unet"
+        (unet / "diffusion_pytorch_model.safetensors").rename(unet / "diffusion_pytorch_model-00001-of-00002.safetensors")
+        shards = {"a": "diffusion_pytorch_model-00001-of-00002.safetensors",
+                  "b": "diffusion_pytorch_model-00002-of-00002.safetensors"}
+        (unet / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps({"weight_map": shards}))
+        return f"weight shard(s) diffusion_pytorch_model-00002-of-00002.safetensors named in {unet}"
+    raise AssertionError(damage)
+
+
+@pytest.mark.parametrize("damage", ["unet-config-missing", "vae-config-not-json", "vae-weights-missing",
+                                    "text-encoder-truncated", "scheduler-config-missing", "tokenizer-empty",
+                                    "weight-shard-missing"])
+def test_incomplete_checkpoint_components_stop_before_anything_starts(model_cache, tmp_path, capsys, damage):
+    """Each component a stage loads needs its config file and its weights: a missing or damaged one was a
+    KeyError or a load failure only after the actors started; now the job stops up front naming the file."""
+    from latentmill.models import materialize
+
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    model = tmp_path / "model"
+    shutil.copytree(materialize("builtin:tiny-image"), model)
+    expected = _damage(model, damage)
+    code, out, err = run_cli(capsys, "--input", str(table), "--output", str(tmp_path / "out"), "--model", str(model))
+    assert code == EXIT_JOB_ERROR
+    assert f"model '{model}' is incomplete: " in err and expected in err
+    assert "copy or download the whole checkpoint" in err and "Traceback" not in out + err
+    assert not (tmp_path / "out").exists()
+
+
+def test_pickle_only_component_is_complete_when_pickles_are_allowed(model_cache, tmp_path):
+    """`.bin` weights count as a component's weights with model.allow_pickle: true (and only then)."""
+    from latentmill.models import ModelError, materialize, resolve_model
+
+    model = tmp_path / "model"
+    shutil.copytree(materialize("builtin:tiny-image"), model)
+    (model / "vae" / "diffusion_pytorch_model.safetensors").rename(model / "vae" / "diffusion_pytorch_model.bin")
+    assert resolve_model(str(model), allow_pickle=True).pipeline_class == "StableDiffusionPipeline"
+    with pytest.raises(ModelError, match="has pickle weights"):
+        resolve_model(str(model))
 
 
 def _checkpoint(root: Path, index, folders: dict[str, dict] | None = None) -> Path:
@@ -278,8 +386,11 @@ WAN22_INDEX = {"_class_name": "WanPipeline", "transformer": ["diffusers", "WanTr
          "is incomplete: component folder(s) transformer named in"),
         (["FluxPipeline"], {}, "is not a valid model_index.json (it needs a mapping with a text _class_name)"),
         ({"_class_name": ["diffusers", "FluxPipeline"]}, {}, "is not a valid model_index.json"),
+        ({"_class_name": "StableDiffusionPipeline", "_latentmill_defaults": [64]}, {},
+         "_latentmill_defaults must be a mapping of generation defaults"),
     ],
-    ids=["unsupported-class", "wan22-a14b", "missing-component", "index-is-a-list", "class-name-is-a-list"],
+    ids=["unsupported-class", "wan22-a14b", "missing-component", "index-is-a-list", "class-name-is-a-list",
+         "defaults-are-a-list"],
 )
 def test_checkpoints_that_cannot_run_stop_before_anything_starts(tmp_path, capsys, index, folders, message):
     table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
@@ -288,6 +399,20 @@ def test_checkpoints_that_cannot_run_stop_before_anything_starts(tmp_path, capsy
     assert code == EXIT_JOB_ERROR
     assert message in err
     assert "Traceback" not in out + err
+
+
+@pytest.mark.slow
+def test_a_model_on_s3_that_cannot_be_downloaded(model_cache, s3, tmp_path, capsys):
+    """Wrong credentials for an s3:// model: an s3fs traceback before; now a stop naming the model URI."""
+    table = write_table(tmp_path / "t.parquet", [{"prompt": "p"}])
+    job = tmp_path / "job.yaml"
+    job.write_text(json.dumps({"storage": {"endpoint_url": s3.endpoint_url, "key": s3.access_key,
+                                           "secret": "not-the-secret"}}))
+    code, out, err = run_cli(capsys, "--config", str(job), "--input", str(table), "--output", str(tmp_path / "out"),
+                             "--model", "s3://latentmill/models/tiny")
+    assert code == EXIT_JOB_ERROR
+    assert "cannot download the model 's3://latentmill/models/tiny' (" in err and "storage credentials" in err
+    assert "not-the-secret" not in out + err and "Traceback" not in out + err
 
 
 @pytest.fixture
