@@ -781,6 +781,27 @@ def _probe_fs(uri: str, storage_options: dict[str, Any] | None) -> tuple[Any, st
     return fs, path
 
 
+def _first_missing_folder(path: str) -> str | None:
+    """The outermost folder of a local `path` that does not exist yet (the probe creates it)."""
+    missing = None
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        missing, current = current, os.path.dirname(current)
+    return missing
+
+
+def _remove_empty_folders(path: str, up_to: str) -> None:
+    current = os.path.abspath(path)
+    while True:
+        try:
+            os.rmdir(current)
+        except OSError:
+            return
+        if current == up_to:
+            return
+        current = os.path.dirname(current)
+
+
 def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> None:
     """Fail early (before loading models) if ``uri`` cannot be written.
 
@@ -792,6 +813,7 @@ def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> N
     if not path.strip("/") and not _is_local(fs):
         raise StorageError(f"Output URI {uri!r} names no bucket; use e.g. s3://bucket/prefix.")
     probe = join(path, f"_latentmill_probe-{uuid.uuid4().hex}")
+    created = _first_missing_folder(path) if _is_local(fs) else None
     try:
         put_bytes(fs, probe, b"latentmill write probe\n", retries=_PROBE_RETRIES, base_delay=0.2)
     except StorageError as exc:
@@ -807,3 +829,5 @@ def check_writable(uri: str, storage_options: dict[str, Any] | None = None) -> N
             display_uri(fs, probe),
             _redact(_detail(exc), fs, storage_options),
         )
+    if created is not None:  # a job stopped by a later check leaves no empty output folder behind
+        _remove_empty_folders(path, created)

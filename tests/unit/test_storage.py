@@ -250,7 +250,10 @@ def test_read_bytes_missing_local(tmp_path):
 
 def test_check_writable_local(tmp_path):
     storage.check_writable(str(tmp_path / "new" / "out"))
-    assert os.listdir(tmp_path / "new" / "out") == []  # probe removed
+    assert os.listdir(tmp_path) == []  # probe removed, and the folders it needed too
+    (tmp_path / "kept").mkdir()
+    storage.check_writable(str(tmp_path / "kept"))
+    assert os.listdir(tmp_path / "kept") == []  # a folder that was there stays
 
 
 def test_check_writable_local_under_a_file(tmp_path):
