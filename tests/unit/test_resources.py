@@ -37,6 +37,11 @@ def test_default_pools_do_not_fit_a_two_cpu_cluster():
            "size (stages.<stage>.size), or add nodes with CPU" in error
 
 
+def test_a_local_ray_too_small_for_the_pools_names_its_setting():
+    error, _ = check_cluster(pool_demands(config()), ClusterView(nodes=[HEAD], local=True), 600)
+    assert "or raise ray.local_num_cpus" in error
+
+
 def test_default_pools_fit_four_cpus():
     node = dict(HEAD, CPU=4.0)
     assert check_cluster(pool_demands(config()), ClusterView(nodes=[node]), 600) == (None, None)
