@@ -237,7 +237,7 @@ def cluster_view(local: bool) -> ClusterView:
 
 
 def _autoscaler_node_types() -> list[NodeType]:
-    """The node types of an autoscaler that publishes them to Ray (autoscaler v2, KubeRay)."""
+    """The node types of an autoscaler that publishes them to Ray (autoscaler v2)."""
     try:
         import ray._private.state
 
