@@ -259,6 +259,11 @@ class RaySettings(_Strict):
     )
     local_num_gpus: float | None = None
     progress_bars: bool = True
+    pending_timeout_s: float = Field(
+        600.0, gt=0,
+        description="Stop the job when a pool has had no actor alive this long while Ray cannot place one "
+        "(or nothing moved while nothing ran), instead of waiting forever for resources.",
+    )
 
     @field_validator("local_num_cpus", "local_num_gpus", mode="before")
     @classmethod

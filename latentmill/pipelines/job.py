@@ -174,24 +174,84 @@ def _plain(value: Any) -> Any:
 
 
 def init_ray(config: JobConfig) -> None:
+    """Connect to the configured cluster, or start a Ray of our own sized for the pools; JobError when
+    that fails (a wrong address, a cluster that refuses the connection, a missing auth token)."""
     import os
 
     import ray
 
+    from latentmill.pipelines.resources import local_num_cpus
+
     if ray.is_initialized():
         return
     settings = config.ray
-    address = settings.address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
+    address = settings.address or os.environ.get("RAY_ADDRESS") or None
+    if address and address != "local":
+        _check_reachable(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except (Exception, SystemExit) as exc:  # Ray exits (SystemExit) when the GCS never answers
+            raise JobError(_connection_message(address, exc)) from None
         return
-    cores = os.cpu_count() or 1
-    ray.init(
-        num_cpus=settings.local_num_cpus or max(4, cores),
-        num_gpus=settings.local_num_gpus,
-        include_dashboard=False,
-        log_to_driver=True,
+    # address="local": a Ray of our own even when a cluster runs on this machine (or a stale
+    # /tmp/ray/ray_current_cluster names one), which a plain ray.init() would try to join.
+    try:
+        ray.init(
+            address="local",
+            num_cpus=local_num_cpus(config),
+            num_gpus=settings.local_num_gpus,
+            include_dashboard=False,
+            log_to_driver=True,
+        )
+    except (Exception, SystemExit) as exc:
+        raise JobError(f"could not start a local Ray instance: {type(exc).__name__}: {exc}") from None
+
+
+def _connects_to_cluster(config: JobConfig) -> bool:
+    import os
+
+    return (config.ray.address or os.environ.get("RAY_ADDRESS") or "local") != "local"
+
+
+_ADDRESS_HELP = (
+    "Use the head node's address as `ray start --head` printed it (HOST:6379; `ray status` on the head "
+    "shows it), or leave ray.address / --ray-address and RAY_ADDRESS unset to start Ray on this machine"
+)
+
+
+def _check_reachable(address: str) -> None:
+    """Fail in seconds on an address nothing listens at; Ray itself retries for minutes, then exits."""
+    import socket
+
+    scheme, _, rest = address.rpartition("://")
+    if scheme not in ("", "ray") or rest == "auto":
+        return
+    host, _, port = rest.rstrip("/").rpartition(":")
+    if not host or not port.isdigit():
+        raise JobError(f"the Ray address {address!r} is not HOST:PORT. {_ADDRESS_HELP}")
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
+    except OSError as exc:
+        reason = exc.strerror or str(exc) or type(exc).__name__
+        raise JobError(f"cannot reach the Ray cluster at {address}: {reason}. {_ADDRESS_HELP}") from None
+
+
+def _connection_message(address: str, exc: BaseException) -> str:
+    import os
+
+    import ray
+
+    detail = str(exc).strip().splitlines()[-1] if str(exc).strip() and not isinstance(exc, SystemExit) else (
+        "the cluster's GCS did not answer")
+    message = (
+        f"could not connect to the Ray cluster at {address}: {type(exc).__name__}: {detail}.\n"
+        f"Check that {address} is the head's GCS address and that the cluster runs Ray {ray.__version__}, as "
+        "this machine does. If the cluster uses token authentication, set RAY_AUTH_MODE=token and "
+        "RAY_AUTH_TOKEN (`ray get-auth-token` on the head prints it) before running"
     )
+    if os.environ.get("RAY_AUTH_TOKEN") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+        message += ": RAY_AUTH_TOKEN is set but RAY_AUTH_MODE is not `token`, so Ray does not send it"
+    return message
 
 
 def prepare(config: JobConfig):
@@ -243,6 +303,22 @@ def _root_cause(exc: BaseException) -> BaseException:
         seen = inner
 
 
+def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """The first exception of `kind` among `exc`, its causes and contexts (Ray wraps what a thread raised)."""
+    seen: set[int] = set()
+    pending = [exc]
+    while pending:
+        current = pending.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        pending += [inner for inner in (getattr(current, "cause", None), current.__cause__, current.__context__)
+                    if isinstance(inner, BaseException)]
+    return None
+
+
 def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """Run the job to the end and return its summary; raises JobError when it cannot finish."""
     from latentmill.io.storage import StorageError, resolve
@@ -250,6 +326,7 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
 
     started = time.perf_counter()
+    config = _absolute_output(config)
     options, table, model, family, rules = prepare(config)
     run_id = time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:6]
     fingerprint = job_fingerprint(config, model.content_hash)
@@ -261,6 +338,8 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
             fs, root, fingerprint, {"output": config.output.uri, "model": config.model.path, "input": config.input.uri}
         )
         state = load_output_state(fs, root, config.output.verify_existing)
+        if state.stale:  # parts whose every row named a missing object were rewritten empty
+            _remove_empty_parts(fs, state)
     except OutputConflict as exc:
         raise JobError(str(exc)) from None
     if summary.resumed:
@@ -283,8 +362,13 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     except MetricsError as exc:
         raise JobError(str(exc)) from None
     expected = min(table.num_rows, config.input.limit or table.num_rows)
+    # (a decode job's rows are a source manifest's, not prompt rows: it always goes through Ray)
+    finished = _finished_requests(table, rules, state, expected) if expected and config.decode is None else None
     if expected == 0:
         log.warning("the prompt table %s has no rows; nothing to do", config.input.uri)
+    elif finished is not None:
+        log.info("every row of %s is already done in %s; Ray is not started", config.input.uri, config.output.uri)
+        _account_already_done(finished, writer, summary, job_metrics, on_progress)
     else:
         _stream(config, table, rules, model, options, state, writer, summary, started, on_progress, job_metrics)
     try:
@@ -311,27 +395,143 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     return summary
 
 
+def _absolute_output(config: JobConfig) -> JobConfig:
+    """A local output folder as an absolute path: manifests name their objects by it, so a resume from
+    another working directory finds them."""
+    import os
+
+    uri = config.output.uri
+    if "://" in uri or os.path.isabs(uri):
+        return config
+    config = config.model_copy(deep=True)
+    config.output.uri = os.path.abspath(os.path.expanduser(uri))
+    return config
+
+
+def _remove_empty_parts(fs, state) -> None:
+    import pyarrow.parquet as pq
+
+    kept = []
+    for part in state.manifest_parts:
+        with fs.open(part, "rb") as handle:
+            rows = pq.ParquetFile(handle).metadata.num_rows
+        if rows:
+            kept.append(part)
+        else:
+            fs.rm_file(part)
+    state.manifest_parts = kept
+
+
+def _finished_requests(table, rules, state, expected: int) -> list[tuple[str, int]] | None:
+    """(id, sample) of the `expected` rows' requests when every row of the table is provably done,
+    else None (then the run goes through Ray as usual). Read on the driver, and only when the
+    manifest holds at least as many verified outputs as the table asks for.
+
+    Done means what validation would decide: every row valid, every request id unique in the table
+    and in the output's verified manifest. The whole table is checked even under `input.limit`
+    (Ray Data may take any `limit` rows), and only when its files have the same column types (Ray
+    Data would unify differing ones) and no Hive partition key is named like a read column.
+    """
+    import pyarrow.parquet as pq
+
+    from latentmill.pipelines.validate import to_requests
+
+    samples = rules.samples_per_prompt
+    if len(state.done) < table.num_rows * samples:
+        return None
+    columns = list(table.columns)
+    for file in table.files:
+        if any(part.split("=", 1)[0] in columns for part in file.split("/")[:-1] if "=" in part):
+            return None
+    types = None
+    seen: set[str] = set()
+    requests: list[tuple[str, int]] = []
+    try:
+        for file in table.files:
+            with table.filesystem.open(file, "rb") as handle:
+                parquet = pq.ParquetFile(handle)
+                names = parquet.schema_arrow.names
+                file_types = [parquet.schema_arrow.field(c).type if c in names else None for c in columns]
+                if types is None:
+                    types = file_types
+                elif file_types != types:
+                    return None
+                for batch in parquet.iter_batches(columns=[c for c in columns if c in names]):
+                    for row in batch.to_pylist():
+                        for sample, request in enumerate(to_requests(row, rules)):
+                            if request.id in seen or request.id not in state.done:
+                                return None
+                            seen.add(request.id)
+                            requests.append((request.id, sample))
+    except Exception as exc:  # noqa: BLE001 - an invalid row (RowError) or anything odd: let Ray decide
+        log.debug("not every row is provably done (%s: %s); running the job", type(exc).__name__, exc)
+        return None
+    if len(requests) != table.num_rows * samples:
+        return None
+    return requests[:expected * samples]
+
+
+def _account_already_done(requests, writer, summary, job_metrics, on_progress, chunk: int = 10_000) -> None:
+    """Count the rows of a finished output as already done, as the validate stage would have."""
+    import numpy as np
+
+    for start in range(0, len(requests), chunk):
+        part = requests[start:start + chunk]
+        batch = {
+            schema.ID: np.array([row_id for row_id, _ in part], dtype=object),
+            schema.SAMPLE_INDEX: np.array([sample for _, sample in part], dtype=np.int64),
+            schema.ERROR_STAGE: np.array([schema.ALREADY_DONE] * len(part), dtype=object),
+        }
+        writer.add(batch, summary)
+        job_metrics.record_results(batch)
+        if on_progress:
+            on_progress(summary)
+
+
 def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress,
             job_metrics) -> None:
     import ray
     import ray.data
 
+    from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines.ledger import start_ledger
     from latentmill.pipelines.plan import build_dataset
     from latentmill.pipelines.redecode import build_decode_dataset
+    from latentmill.pipelines.resources import (ResourcesPending, check_cluster, cluster_view, pending_watch,
+                                                pool_demands)
 
-    init_ray(config)
+    timeout = config.ray.pending_timeout_s
+    local = not _connects_to_cluster(config)
+    demands = pool_demands(config)
+    try:
+        init_ray(config)
+        # Before any actor is asked for: pools that cannot start would otherwise wait forever.
+        error, warning = check_cluster(demands, cluster_view(local), timeout)
+    except JobError:
+        job_metrics.stop()
+        raise
+    if error:
+        job_metrics.stop()
+        raise JobError(f"{error}\nNothing was started; change the job file (or the cluster) and run again")
+    if warning:
+        log.warning("%s", warning)
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = config.ray.progress_bars
     # A stage's own exception (a fatal StorageError) instead of Ray Data's message-less UserCodeException.
     context.raise_original_map_exception = True
+    # Ray Data's own no-progress guard must not cut the wait that ray.pending_timeout_s allows.
+    if 0 < context.execution_no_progress_timeout_s < timeout + 60:
+        context.execution_no_progress_timeout_s = timeout + 60
     ledger = start_ledger()
     done = ray.put(frozenset(state.done)) if state.done else None
     if config.decode is None:
         dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
     else:  # a source manifest's ids are unique: no ledger needed
         dataset = build_decode_dataset(config, table, rules, model, options, done=done)
+    # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
+    workers = {stage: worker.__name__ for stage, worker in stage_workers().items()}
+    dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
     try:
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
@@ -345,6 +545,10 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
             writer.close()  # keep what finished: a re-run resumes from it
         except Exception as close_error:  # noqa: BLE001 - the error that stopped the job is the one to report
             log.warning("could not write the results of the finished rows: %s", close_error)
+        pending = _find_in_chain(exc, ResourcesPending)
+        if pending is not None:
+            raise JobError(f"{pending}\n{summary.outputs_written} output(s) were saved; re-run the same "
+                           "command to resume") from None
         cause = _root_cause(exc)
         if isinstance(cause, StorageError):
             raise JobError(f"storage failed, job stopped: {cause}") from None

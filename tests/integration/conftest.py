@@ -21,6 +21,7 @@ def model_cache(tmp_path_factory) -> Path:
 def ray_local(model_cache):
     import ray
 
-    ray.init(num_cpus=4, include_dashboard=False, log_to_driver=False)
+    # address="local": a Ray of our own, never a cluster that /tmp/ray/ray_current_cluster names.
+    ray.init(address="local", num_cpus=4, include_dashboard=False, log_to_driver=False)
     yield
     ray.shutdown()
