@@ -254,8 +254,8 @@ class RaySettings(_Strict):
     address: str | None = Field(None, description="Existing cluster address; None starts Ray locally.")
     local_num_cpus: float | None = Field(
         None,
-        description="Logical CPUs of a locally started Ray; default max(4, cores) so three pools and the "
-        "read tasks fit on a small machine without deadlock.",
+        description="Logical CPUs of a locally started Ray; default max(4, cores, the pools' minimum plus a read "
+        "task) so three pools and the read tasks fit on a small machine without deadlock.",
     )
     local_num_gpus: float | None = None
     progress_bars: bool = True
