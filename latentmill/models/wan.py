@@ -1,4 +1,6 @@
-"""Wan 2.1 text-to-video checkpoints (diffusers `WanPipeline`)."""
+"""Wan text-to-video checkpoints (diffusers `WanPipeline`): Wan 2.1, and Wan 2.2 A14B with both experts in
+the denoise pool's actors (the high-noise `transformer` hands over to the low-noise `transformer_2` at
+`boundary_ratio`, each with its own guidance scale)."""
 
 from __future__ import annotations
 
@@ -18,16 +20,23 @@ class Wan(StandardFamily):
     pipeline_classes = ("WanPipeline",)
     is_video = True
     defaults = {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0}
-    stage_components = {
-        "encode": ("tokenizer", "text_encoder"),
-        "denoise": ("transformer", "scheduler"),
-        "decode": ("vae",),
-    }
+    def two_experts(self) -> bool:
+        return bool((self.index.get("transformer_2") or [None])[0]) and self.index.get("boundary_ratio") is not None
+
+    @property
+    def stage_components(self) -> dict[str, tuple[str, ...]]:
+        experts = ("transformer", "transformer_2") if self.two_experts() else ("transformer",)
+        return {"encode": ("tokenizer", "text_encoder"), "denoise": (*experts, "scheduler"), "decode": ("vae",)}
+
+    @property
+    def extra_parameters(self) -> dict[str, tuple[type, Any]]:  # type: ignore[override]
+        # The low-noise expert's guidance scale (Wan 2.2 A14B's published setting: 3.0 with 4.0 for the first).
+        return {"guidance_scale_2": (float, 3.0)} if self.two_experts() else {}
 
     def unsupported_reason(self) -> str | None:
-        if "transformer_2" in self.index and self.index["transformer_2"][0] is not None:
-            return ("it is a Wan 2.2 A14B checkpoint (a second, low-noise expert `transformer_2`), which latentmill "
-                    "does not run yet; only Wan 2.1 WanPipeline checkpoints are supported")
+        if self.index.get("expand_timesteps"):
+            return ("it is a Wan 2.2 TI2V-5B checkpoint (expand_timesteps), which latentmill does not run yet; "
+                    "Wan 2.1 and Wan 2.2 A14B WanPipeline checkpoints are supported")
         return None
 
     def _vae_factors(self) -> tuple[int, int]:
@@ -58,7 +67,7 @@ class Wan(StandardFamily):
         return (channels, latent_frames, request.height // spatial, request.width // spatial)
 
     def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
-        return {"num_frames": request.num_frames}
+        return {"num_frames": request.num_frames, **dict(request.extras)}
 
     def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe

@@ -121,3 +121,15 @@ def test_tiny_video_mp4_decodes_to_the_requested_frames(ray_local, tmp_path):
         frames = media.decode_video(data)
         assert frames.shape == (row[schema.NUM_FRAMES], row[schema.HEIGHT], row[schema.WIDTH], 3)
     assert sorted(row[schema.NUM_FRAMES] for row in manifest)[0] == 5
+
+
+def test_wan22_two_experts_in_one_denoise_pool_match_plain_diffusers(ray_local, tmp_path):
+    """Wan 2.2 A14B's layout: both experts in each denoise actor, the low-noise one's own guidance per row."""
+    rows = [{"prompt": "a river at dawn", "seed": 1}, {"prompt": "a forest", "seed": 2, "guidance_scale_2": 1.5},
+            {"prompt": "a city at night", "seed": 3, "guidance_scale": 1.0}]
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    summary, _ = generate(str(table), str(tmp_path / "out"), model="builtin:tiny-wan22", batch_size=2,
+                          output={"video_format": "apng"})
+    assert (summary.outputs_written, summary.rows_failed) == (3, 0)
+    manifest = check_against_reference(str(tmp_path / "out"), "builtin:tiny-wan22", 3)
+    assert {row[schema.PROMPT]: row["guidance_scale_2"] for row in manifest}["a forest"] == 1.5

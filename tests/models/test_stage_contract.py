@@ -57,6 +57,7 @@ def requests_for(family, name: str) -> list[Request]:
 FAMILY_EXTRAS = {
     "tiny-image": {},
     "tiny-video": {},
+    "tiny-wan22": {"guidance_scale_2": 2.0},
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-flux": {"true_cfg_scale": 3.0},

@@ -1,4 +1,5 @@
-"""Tiny Wan 2.1 text-to-video checkpoint (WanPipeline): `builtin:tiny-video`."""
+"""Tiny Wan text-to-video checkpoints (WanPipeline): `builtin:tiny-video` (Wan 2.1) and
+`builtin:tiny-wan22` (Wan 2.2 A14B layout: a high-noise and a low-noise expert)."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from latentmill.models.tiny_builds import SEED
 from latentmill.models.tiny_builds.tokenizers import train_t5_tokenizer
 
 
-def build_tiny_video(dest: Path) -> None:
+def build_tiny_video(dest: Path, experts: int = 1) -> None:
     """Write a tiny Wan 2.1 text-to-video checkpoint (WanPipeline) to `dest`.
 
     Same VAE compression as the real model (8x spatial, 4x temporal, 16 latent channels and
-    its latents_mean/std) and a UMT5 text encoder; 9 frames of 64x64 by default.
+    its latents_mean/std) and a UMT5 text encoder; 9 frames of 64x64 by default. With two experts,
+    Wan 2.2 A14B's layout: `transformer` below t = boundary_ratio x 1000 steps hands over to
+    `transformer_2` (boundary_ratio 0.875, A14B's text-to-video value).
     """
     import torch
     from diffusers import AutoencoderKLWan, UniPCMultistepScheduler, WanPipeline, WanTransformer3DModel
@@ -66,19 +69,34 @@ def build_tiny_video(dest: Path) -> None:
         flow_shift=3.0,
         num_train_timesteps=1000,
     )
+    second = {}
+    if experts == 2:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(SEED + 1)  # another expert: other weights, same shape
+            second = {"transformer_2": WanTransformer3DModel.from_config(transformer.config), "boundary_ratio": 0.875}
     pipe = WanPipeline(
         tokenizer=tokenizer,
         text_encoder=text_encoder,
         vae=vae,
         scheduler=scheduler,
         transformer=transformer,
+        **second,
     )
     pipe.save_pretrained(dest, safe_serialization=True)
+
+
+def build_tiny_wan22(dest: Path) -> None:
+    build_tiny_video(dest, experts=2)
 
 
 MODELS = {
     "tiny-video": (
         build_tiny_video,
         {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "guidance_scale": 5.0},
+    ),
+    "tiny-wan22": (
+        build_tiny_wan22,
+        {"height": 64, "width": 64, "num_frames": 9, "fps": 8, "num_inference_steps": 4, "guidance_scale": 4.0,
+         "guidance_scale_2": 3.0},
     ),
 }
