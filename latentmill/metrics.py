@@ -15,6 +15,17 @@ Two sources, one naming scheme (``latentmill_*``; labels ``stage``, ``model``, `
   Pushgateway at the end when ``metrics.pushgateway`` is set: the convention for batch jobs, whose
   process is gone before the next scrape.
 
+Counters start at 0: every actor records 0 for each of its counter series (each outcome, bytes) when it
+starts, and the driver creates all its labelled series at 0 with its registry. A series that first
+appeared at its final value would give Prometheus no increase to see, and rate()/increase() over a
+short run would show 0.
+
+In Prometheus the pushed series (the last finished run) and the live driver's series carry the same
+names and labels but one: the Pushgateway exports ``instance=""`` (it sets that label to empty when the
+grouping key has none), so with ``honor_labels`` they have no ``instance``, while the driver's endpoint
+is scraped with the target's ``instance``. Select ``instance=""`` for the last run and ``instance!=""``
+for the running job (the dashboard does; README "Monitoring").
+
 Importing this module is cheap: Ray and prometheus-client load in the functions that need them.
 """
 
@@ -82,6 +93,8 @@ class StageMetrics:
         self._in_flight = 0
         self._warned = False
         self._m = backend if backend is not None else _RayStageMetrics()
+        # Counter series exist at 0 before the first batch, so Prometheus sees them go from 0 to N.
+        self._safely(self._m.start, self.tags)
 
     def model_loaded(self, seconds: float) -> None:
         self._safely(self._m.model_loaded, seconds, self.tags)
@@ -150,6 +163,16 @@ class _RayStageMetrics:
         self.in_flight_gauge = metrics.Gauge(BATCHES_IN_FLIGHT, description="Batches an actor is processing.",
                                              tag_keys=LABELS)
 
+    def start(self, tags: dict[str, str]) -> None:
+        """Record 0 on every counter series of this actor: each outcome's rows, and bytes.
+
+        ``Counter.inc`` refuses 0, so this goes through ``Metric._record`` (what ``inc`` calls after its
+        check); the series is then exported at 0 from the actor's first metrics report on.
+        """
+        for outcome in (OK, FAILED):
+            self.rows._record(0, tags={**tags, OUTCOME: outcome})
+        self.bytes._record(0, tags=tags)
+
     def model_loaded(self, seconds: float, tags: dict[str, str]) -> None:
         self.load_seconds.set(seconds, tags=tags)
         self.actors.set(1, tags=tags)
@@ -210,12 +233,16 @@ class DriverMetrics:
                             registry=self.registry)
         self.last_success = Gauge(JOB_LAST_SUCCESS, "Unix time the last run within its error budget ended.",
                                   base, registry=self.registry)
-        # Series exist (at 0) from the start, so a scrape or a push always shows the whole set.
+        # Series exist (at 0) from the start, so a scrape or a push always shows the whole set, and
+        # Prometheus sees every counter rise from 0 (rate() and increase() need the first sample).
         for family in (self.rows_read, self.outputs, self.bytes, self.wall, self.budget):
             family.labels(model, job)
         for stage in PIPELINE:
             for outcome in (OK, FAILED):
                 self.rows.labels(stage, outcome, model, job)
+        self.rows.labels(schema.STAGE_VALIDATE, ALREADY_DONE, model, job)
+        for stage in schema.STAGES:
+            self.row_seconds.labels(stage, model, job)
 
     def record_results(self, batch: dict[str, Any]) -> None:
         """Count one batch of result rows (numpy columns, as the driver receives them)."""

@@ -164,6 +164,9 @@ class FakeBackend:
         self.calls: list[tuple] = []
         self.fail = fail
 
+    def start(self, tags):
+        self.calls.append(("start", tags["stage"]))
+
     def model_loaded(self, seconds, tags):
         self.calls.append(("loaded", seconds, tags["stage"]))
 
@@ -185,7 +188,7 @@ def test_stage_metrics_record_a_batch_and_in_flight():
     with stage.batch() as record:
         assert backend.calls[-1] == ("in_flight", 1)
         record.outcome(out, [0, 1, 2])  # row 3 arrived failed: not this stage's
-    assert backend.calls[0] == ("loaded", 2.5, "decode")
+    assert backend.calls[:2] == [("start", "decode"), ("loaded", 2.5, "decode")]
     assert backend.calls[-2] == ("in_flight", 0)
     kind, ok, failed, written, tags = backend.calls[-1]
     assert (kind, ok, failed, written) == ("batch", 2, 1, 42)
@@ -243,7 +246,7 @@ def test_metrics_settings_defaults_and_flags():
 
 PROMQL_WORDS = {
     "sum", "max", "min", "avg", "count", "by", "without", "rate", "irate", "increase", "histogram_quantile",
-    "time", "le", "stage", "job", "model", "outcome", "ip", "and", "or", "unless", "on", "ignoring",
+    "time", "le", "stage", "job", "model", "outcome", "ip", "instance", "and", "or", "unless", "on", "ignoring",
 }
 RAY_METRICS_USED = {"ray_node_gpus_utilization"}
 
