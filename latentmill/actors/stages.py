@@ -34,6 +34,8 @@ class StageWorker:
                  metrics_job: str = DEFAULT_JOB) -> None:
         started = time.perf_counter()
         self.faults = FaultInjector(self.stage)
+        # Counters exist (at 0) from here, while the model loads, so a scrape sees the whole rise.
+        self.metrics = StageMetrics(self.stage, model.path, metrics_job)
         try:
             self.family = model.family()
             self.device, self.dtype = self.family.prepare_runtime(num_gpus, dtype, torch_threads)
@@ -45,7 +47,6 @@ class StageWorker:
                              f"{type(exc).__name__}: {detail}") from exc
         self.load_seconds = time.perf_counter() - started
         log.info("%s worker loaded %s on %s in %.1fs", self.stage, model.path, self.device, self.load_seconds)
-        self.metrics = StageMetrics(self.stage, model.path, metrics_job)
         self.metrics.model_loaded(self.load_seconds)
 
     def load(self) -> None:
