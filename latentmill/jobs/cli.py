@@ -93,6 +93,44 @@ def _decode_parser(subparsers) -> None:
     decode.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
 
 
+def _status_parser(subparsers) -> None:
+    status = subparsers.add_parser(
+        "status",
+        help="progress of a running or finished job, read from its output alone (no Ray)",
+        description=(
+            "Count DEST's outputs (manifest rows) and failed rows (error rows of the latest run), the input's rows "
+            "(Parquet footers), the rate over the latest run's recent manifest parts and an ETA, and whether the "
+            "latest run has finished (its summary.json). Reads only; exits 0 whenever it could report."
+        ),
+    )
+    status.add_argument("dest", nargs="?", help="output folder or URI of the job (default: the job file's output.uri)")
+    status.add_argument("--config", "-c", type=Path,
+                        help="job file: its storage section (endpoint, credentials) and input settings; without it "
+                        "S3 settings come from the AWS_* environment variables")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _verify_parser(subparsers) -> None:
+    verify = subparsers.add_parser(
+        "verify",
+        help="re-check every output object against the manifest (size, sha256); list missing, changed, extra",
+        description=(
+            "Read back every object DEST's manifest names (media, saved latents, an interpolation job's videos) "
+            "and compare size and sha256 with its row; list objects under media/, latents/ and videos/ that no row "
+            "names. Exit 0 when everything matches, 1 on any mismatch."
+        ),
+    )
+    verify.add_argument("dest", nargs="?", help="output folder or URI of the job (default: the job file's output.uri)")
+    verify.add_argument("--config", "-c", type=Path,
+                        help="job file whose storage section (endpoint, credentials) to use; without it S3 settings "
+                        "come from the AWS_* environment variables")
+    verify.add_argument("--size-only", action="store_true",
+                        help="compare sizes only (from a listing, no object is read); saved latents, whose size the "
+                        "manifest does not record, are only checked to exist")
+    verify.add_argument("--threads", type=int, default=16, help="objects read at once (default 16)")
+    verify.add_argument("--json", action="store_true", help="print JSON (every finding) instead of a report")
+
+
 def _interpolate_parser(subparsers) -> None:
     interpolate = subparsers.add_parser(
         "interpolate",
@@ -232,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", required=True)
     _run_parser(subparsers)
     _decode_parser(subparsers)
+    _status_parser(subparsers)
+    _verify_parser(subparsers)
     _interpolate_parser(subparsers)
     _models_parser(subparsers)
     _plan_parser(subparsers)
@@ -329,6 +369,18 @@ def _decode(args: argparse.Namespace) -> int:
     return EXIT_BUDGET if summary.budget_exceeded else EXIT_OK
 
 
+def _status(args: argparse.Namespace) -> int:
+    from latentmill.jobs.inspection import status_command
+
+    return status_command(args)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from latentmill.jobs.inspection import verify_command
+
+    return verify_command(args)
+
+
 def _interpolate(args: argparse.Namespace) -> int:
     import latentmill
     from latentmill.config import ConfigError
@@ -385,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if args.command in ("status", "verify"):  # they read an output folder: no Ray, no model
+        return (_status if args.command == "status" else _verify)(args)
     handlers = {"run": _run, "decode": _decode, "interpolate": _interpolate, "models": _models, "plan": _plan,
                 "bench": _bench}
     return handlers[args.command](args)
