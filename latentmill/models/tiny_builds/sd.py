@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import clip_text_config
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer
 
 
@@ -15,24 +16,13 @@ def build_tiny_image(dest: Path) -> None:
     """
     import torch
     from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel
+    from transformers import CLIPTextModel
 
     tokenizer = train_clip_tokenizer()
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(SEED)
         text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=len(tokenizer),
-                hidden_size=32,
-                intermediate_size=64,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                max_position_embeddings=77,
-                projection_dim=32,
-                bos_token_id=tokenizer.bos_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+            clip_text_config(tokenizer)
         )
         torch.manual_seed(SEED)
         unet = UNet2DConditionModel(

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import clip_text_config
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer, train_t5_tokenizer
 
 
@@ -25,33 +26,19 @@ def build_tiny_sd3(dest: Path) -> None:
         SD3Transformer2DModel,
         StableDiffusion3Pipeline,
     )
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     tokenizer = train_clip_tokenizer()
     tokenizer_2 = train_clip_tokenizer()
     tokenizer_2.pad_token = "!"  # as SD3's second (OpenCLIP bigG) tokenizer: pads with "!", not <|endoftext|>
     tokenizer_3 = train_t5_tokenizer()
 
-    def clip_config(tok, hidden_act: str) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,  # SD3 conditions on the penultimate layer's hidden states
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act=hidden_act,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
 
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(SEED)
-        text_encoder = CLIPTextModelWithProjection(clip_config(tokenizer, "quick_gelu"))  # CLIP ViT-L's activation
+        text_encoder = CLIPTextModelWithProjection(clip_text_config(tokenizer, "quick_gelu"))  # CLIP ViT-L's activation
         torch.manual_seed(SEED)
-        text_encoder_2 = CLIPTextModelWithProjection(clip_config(tokenizer_2, "gelu"))  # OpenCLIP bigG's
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, "gelu"))  # OpenCLIP bigG's
         torch.manual_seed(SEED)
         # T5 v1.1 (as T5-XXL). Its width must be at least the two CLIPs' hidden sizes together (32 + 32),
         # which the pipeline zero-pads up to it, as in the real model (768 + 1280 <= 4096).

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import clip_text_config
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer
 
 
@@ -20,32 +21,18 @@ def build_tiny_sdxl(dest: Path) -> None:
     """
     import torch
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
     tokenizer = train_clip_tokenizer()
     tokenizer_2 = train_clip_tokenizer()
     tokenizer_2.pad_token = "!"  # as SDXL's second (OpenCLIP bigG) tokenizer: pads with "!", not <|endoftext|>
 
-    def clip_config(tok, hidden_act: str) -> CLIPTextConfig:
-        return CLIPTextConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,  # SDXL conditions on the penultimate layer's hidden states
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=32,
-            hidden_act=hidden_act,
-            bos_token_id=tok.bos_token_id,
-            eos_token_id=tok.eos_token_id,
-            pad_token_id=tok.pad_token_id,
-        )
 
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(SEED)
-        text_encoder = CLIPTextModel(clip_config(tokenizer, "quick_gelu"))  # CLIP ViT-L's activation
+        text_encoder = CLIPTextModel(clip_text_config(tokenizer, "quick_gelu"))  # CLIP ViT-L's activation
         torch.manual_seed(SEED)
-        text_encoder_2 = CLIPTextModelWithProjection(clip_config(tokenizer_2, "gelu"))  # OpenCLIP bigG's
+        text_encoder_2 = CLIPTextModelWithProjection(clip_text_config(tokenizer_2, "gelu"))  # OpenCLIP bigG's
         torch.manual_seed(SEED)
         unet = UNet2DConditionModel(
             sample_size=8,  # latent size: 64x64 images by default
