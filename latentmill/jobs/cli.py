@@ -248,6 +248,26 @@ def _bench_parser(subparsers) -> None:
                      help="folder for driver-memory.json and .md (default bench-results)")
 
 
+def _report_parser(subparsers) -> None:
+    report = subparsers.add_parser(
+        "report",
+        help="one static HTML page of an output: counts, runs, timings, errors, a gallery; side by side for several",
+        description=(
+            "Write DEST/report/index.html: the run counts and history, outputs over time, seconds per row in each "
+            "stage, errors grouped by stage and type, and a filterable gallery of thumbnails (written to "
+            "report/thumbs/). With two or more outputs of one prompt table, also a side-by-side view by row id. "
+            "The page needs no network: open it from disk or serve the folder from object storage."
+        ),
+    )
+    report.add_argument("dest", nargs="+", help="output folder(s) or URI(s) of runs (s3://...)")
+    report.add_argument("--output", "-o", help="folder or URI for index.html and thumbs/ (default: DEST/report, "
+                        "the first DEST's)")
+    report.add_argument("--max-items", type=int, default=500, metavar="N",
+                        help="at most N outputs per gallery and N rows side by side; more are sampled "
+                        "deterministically (default 500)")
+    report.add_argument("--config", "-c", type=Path, help="YAML job file whose storage: section reads s3:// outputs")
+
+
 def _model_parameter(text: str) -> tuple[str, float | int | str]:
     name, separator, value = text.partition("=")
     if not separator or not name.strip():
@@ -276,6 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     _models_parser(subparsers)
     _plan_parser(subparsers)
     _bench_parser(subparsers)
+    _report_parser(subparsers)
     return parser
 
 
@@ -426,6 +447,21 @@ def _bench(args: argparse.Namespace) -> int:
     return bench_command(args)
 
 
+def _report(args: argparse.Namespace) -> int:
+    from latentmill.config import ConfigError
+    from latentmill.report import ReportError, build_report, storage_options_from
+
+    try:
+        options = storage_options_from(args.config) if args.config else None
+        result = build_report(args.dest, args.output, args.max_items, options)
+    except (ConfigError, ReportError, ValueError) as exc:
+        print(f"latentmill: {exc}", file=sys.stderr)
+        return EXIT_JOB_ERROR
+    print(result.line())
+    print(result.index_uri)
+    return EXIT_OK
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     # Model libraries' load chatter and per-step bars would drown the job's own log; local Ray workers
@@ -440,7 +476,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("status", "verify"):  # they read an output folder: no Ray, no model
         return (_status if args.command == "status" else _verify)(args)
     handlers = {"run": _run, "decode": _decode, "interpolate": _interpolate, "models": _models, "plan": _plan,
-                "bench": _bench}
+                "bench": _bench, "report": _report}
     return handlers[args.command](args)
 
 
