@@ -50,7 +50,7 @@ def request_from(values: Mapping[str, Any], extra_names: tuple[str, ...] = ()) -
         height=int(values[schema.HEIGHT]),
         width=int(values[schema.WIDTH]),
         num_frames=int(values[schema.NUM_FRAMES]),
-        fps=float(values[schema.FPS]),
+        fps=float(values[schema.FPS] or 0.0),  # null in an image's manifest row
         extras=tuple((name, _plain(values[name])) for name in sorted(extra_names)),
     )
 

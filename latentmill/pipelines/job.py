@@ -128,6 +128,8 @@ class ResultWriter:
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
             else:
                 row = {name: _plain(batch[name][index]) for name in self.columns["manifest"] if name in batch}
+                if row.get(schema.FPS) == 0:  # an image: a frame rate does not apply (video rows need fps > 0)
+                    row[schema.FPS] = None
                 row.update(self.static)
                 self.pending["manifest"].append(row)
                 summary.outputs_written += 1
