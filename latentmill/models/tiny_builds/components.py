@@ -1,4 +1,4 @@
-"""Configs the tiny checkpoints share: the same small CLIP text encoder in every CLIP-conditioned family."""
+"""What the tiny checkpoints share: one small CLIP text-encoder config, one small AutoencoderKL layout."""
 
 from __future__ import annotations
 
@@ -22,4 +22,23 @@ def clip_text_config(tokenizer, hidden_act: str = "quick_gelu"):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def tiny_autoencoder_kl(latent_channels: int, **real_model_settings):
+    """A 4-level AutoencoderKL (8x spatial compression, as the real ones) with the family's latent channels
+    and its real scaling/shift factors and conv options; weights from the caller's seeded RNG."""
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=("DownEncoderBlock2D",) * 4,
+        up_block_types=("UpDecoderBlock2D",) * 4,
+        block_out_channels=(16, 16, 32, 32),
+        layers_per_block=1,
+        latent_channels=latent_channels,
+        norm_num_groups=8,
+        sample_size=64,
+        **real_model_settings,
     )

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
-from latentmill.models.tiny_builds.components import clip_text_config
+from latentmill.models.tiny_builds.components import clip_text_config, tiny_autoencoder_kl
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer, train_t5_tokenizer
 
 # T5 prompt length. FluxPipeline's default is 512 (Flux.1-dev's); the tiny tokenizer splits
@@ -23,7 +23,7 @@ def build_tiny_flux(dest: Path) -> None:
     by default.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import CLIPTextModel, T5Config, T5EncoderModel
 
     tokenizer = train_clip_tokenizer()
@@ -65,16 +65,8 @@ def build_tiny_flux(dest: Path) -> None:
             axes_dims_rope=(4, 4, 8),  # sums to attention_head_dim
         )
         torch.manual_seed(SEED)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=64,
+        vae = tiny_autoencoder_kl(
+            16,
             scaling_factor=0.3611,  # Flux.1's VAE values
             shift_factor=0.1159,
             use_quant_conv=False,

@@ -15,6 +15,7 @@ import json
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import tiny_autoencoder_kl
 from latentmill.models.tiny_builds.tokenizers import CORPUS
 
 # Qwen2.5-VL's special tokens, in their real id order (151643...), then Qwen3's thinking tags.
@@ -207,7 +208,7 @@ def build_tiny_z_image(dest: Path) -> None:
     2x2 patches, Z-Image-Turbo's scheduler. Sizes must be multiples of 16; 64x64 by default.
     """
     import torch
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
     tokenizer = train_qwen_tokenizer()
@@ -258,16 +259,8 @@ def build_tiny_z_image(dest: Path) -> None:
             for pad_token in (transformer.x_pad_token, transformer.cap_pad_token):
                 pad_token.normal_(std=0.02)
         torch.manual_seed(SEED)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=64,
+        vae = tiny_autoencoder_kl(
+            16,
             scaling_factor=0.3611,  # Flux's VAE, which Z-Image uses
             shift_factor=0.1159,
             use_quant_conv=False,

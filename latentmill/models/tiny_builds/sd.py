@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
-from latentmill.models.tiny_builds.components import clip_text_config
+from latentmill.models.tiny_builds.components import clip_text_config, tiny_autoencoder_kl
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer
 
 
@@ -15,7 +15,7 @@ def build_tiny_image(dest: Path) -> None:
     VAE scale factor 8 and 77-token CLIP prompts as in the real model; 64x64 images by default.
     """
     import torch
-    from diffusers import AutoencoderKL, PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import PNDMScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel
 
     tokenizer = train_clip_tokenizer()
@@ -38,17 +38,7 @@ def build_tiny_image(dest: Path) -> None:
             norm_num_groups=32,
         )
         torch.manual_seed(SEED)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32),
-            layers_per_block=1,
-            latent_channels=4,
-            norm_num_groups=8,
-            sample_size=64,
-        )
+        vae = tiny_autoencoder_kl(4)
     # Stable Diffusion 1.x's own scheduler settings.
     scheduler = PNDMScheduler(
         beta_start=0.00085,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
-from latentmill.models.tiny_builds.components import clip_text_config
+from latentmill.models.tiny_builds.components import clip_text_config, tiny_autoencoder_kl
 from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer, train_t5_tokenizer
 
 
@@ -20,12 +20,7 @@ def build_tiny_sd3(dest: Path) -> None:
     parameters.
     """
     import torch
-    from diffusers import (
-        AutoencoderKL,
-        FlowMatchEulerDiscreteScheduler,
-        SD3Transformer2DModel,
-        StableDiffusion3Pipeline,
-    )
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
     from transformers import CLIPTextModelWithProjection, T5Config, T5EncoderModel
 
     tokenizer = train_clip_tokenizer()
@@ -73,16 +68,8 @@ def build_tiny_sd3(dest: Path) -> None:
             qk_norm="rms_norm",  # SD3.5
         )
         torch.manual_seed(SEED)
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            block_out_channels=(16, 16, 32, 32),
-            layers_per_block=1,
-            latent_channels=16,
-            norm_num_groups=8,
-            sample_size=64,
+        vae = tiny_autoencoder_kl(
+            16,
             use_quant_conv=False,
             use_post_quant_conv=False,
             shift_factor=0.0609,  # SD3.5's VAE
