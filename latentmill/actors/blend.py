@@ -16,7 +16,7 @@ from dataclasses import replace
 import numpy as np
 
 from latentmill import schema
-from latentmill.actors.stages import StageWorker, mark_error
+from latentmill.actors.stages import TextEncodeWorker, mark_error
 from latentmill.models import tensors
 from latentmill.rows import Request, empty_request_columns, request_at, write_request
 
@@ -36,16 +36,12 @@ def frame_id(transition_id: str, step: int) -> str:
     return f"{transition_id}-f{step:04d}"
 
 
-class BlendEncodeWorker(StageWorker):
-    stage = schema.STAGE_ENCODE
-
-    def load(self) -> None:
-        self.family.load_encoder(self.device, self.dtype)
-        self.columns = self.family.conditioning_columns()
+class BlendEncodeWorker(TextEncodeWorker):
+    """The text-encoder pool's worker (same load), but one call expands a transition into its frames."""
 
     def __call__(self, batch):
         extra_names = tuple(self.family.extra_parameters)
-        extra_types = {name: kind for name, (kind, _) in self.family.extra_parameters.items()}
+        extra_types = self.family.extra_types()
         pieces = []
         with self.metrics.batch() as record:
             for index in range(len(batch[schema.ID])):

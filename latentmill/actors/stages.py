@@ -117,6 +117,20 @@ def _requests(family, batch: dict[str, np.ndarray], rows: list[int]) -> list[Req
     return [request_at(batch, i, extra_names) for i in rows]
 
 
+def _latents_column(values: list[np.ndarray | None]) -> np.ndarray:
+    """Per-row latents; a row without any (it failed) gets a tiny placeholder of the same rank, never decoded."""
+    ndim = max((value.ndim for value in values if value is not None), default=3)
+    placeholder = np.zeros((1,) * ndim, dtype=np.float32)
+    return _per_row_array([value if value is not None else placeholder for value in values])
+
+
+def media_key(row_id: str, extension: str) -> str:
+    """A row's object name under media/: its id made safe for object keys, and the format's extension."""
+    from latentmill.io import storage
+
+    return f"{storage.safe_key(row_id)}.{extension}"
+
+
 def _per_row_array(values: list[np.ndarray]) -> np.ndarray:
     """Stack equal shapes; otherwise an object array Ray stores as a variable-shaped tensor column."""
     if len({v.shape for v in values}) == 1:
@@ -190,10 +204,7 @@ class DenoiseWorker(StageWorker):
         return out
 
     def finish(self, out):
-        latents = out[schema.LATENTS]
-        ndim = max((value.ndim for value in latents if value is not None), default=3)
-        placeholder = np.zeros((1,) * ndim, dtype=np.float32)  # failed rows: never decoded
-        out[schema.LATENTS] = _per_row_array([value if value is not None else placeholder for value in latents])
+        out[schema.LATENTS] = _latents_column(out[schema.LATENTS])
         return out
 
     def process(self, batch, out, rows):
@@ -253,20 +264,19 @@ class DecodeWorker(StageWorker):
         from latentmill.io import latents as saved, storage
 
         batch = dict(batch)
+        for column in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
+            batch[column] = np.array(batch[column], copy=True)  # Ray's batch arrays are read-only
+        options = self.storage_options.reveal()
         values = []
         for row, uri in enumerate(batch[schema.LATENTS_URI]):
             value = None
             if not batch[schema.ERROR_STAGE][row]:
                 try:
-                    value, _ = saved.decode_latents(storage.read_bytes(*storage.resolve(str(uri), self.storage_options.reveal())))
+                    value, _ = saved.decode_latents(storage.read_bytes(*storage.resolve(str(uri), options)))
                 except Exception as exc:  # noqa: BLE001 - a missing or broken object fails its row only
-                    for column in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
-                        batch[column] = np.array(batch[column], copy=True)
                     mark_error(batch, row, self.stage, RuntimeError(f"cannot read the latents {uri}: {exc}"))
             values.append(value)
-        ndim = max((value.ndim for value in values if value is not None), default=3)
-        placeholder = np.zeros((1,) * ndim, dtype=np.float32)
-        batch[schema.LATENTS] = _per_row_array([value if value is not None else placeholder for value in values])
+        batch[schema.LATENTS] = _latents_column(values)
         return batch
 
     def group(self, batch, rows):
@@ -318,7 +328,7 @@ class DecodeWorker(StageWorker):
 
         parameters = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
         data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters})
-        key = f"{storage.safe_key(request.id)}.{saved.EXTENSION}"
+        key = media_key(request.id, saved.EXTENSION)
         storage.put_bytes(self.fs, storage.join(self.root, saved.LATENTS_FOLDER, key), data)
         out[schema.LATENTS_URI][row] = storage.join(self.output_uri, saved.LATENTS_FOLDER, key)
         out[schema.LATENTS_SHA256][row] = hashlib.sha256(data).hexdigest()
@@ -332,7 +342,7 @@ class DecodeWorker(StageWorker):
         else:
             data = media.encode_image(frames[0], self.image_format)
             extension, mime = media.format_info(self.image_format)
-        key = f"{storage.safe_key(str(batch[schema.ID][row]))}.{extension}"
+        key = media_key(str(batch[schema.ID][row]), extension)
         uri = storage.join(self.output_uri, "media", key)
         storage.put_bytes(self.fs, storage.join(self.root, "media", key), data)
         out[schema.OUTPUT_URI][row] = uri

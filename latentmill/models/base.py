@@ -62,12 +62,20 @@ class Family:
 
     # ---- facts the driver needs without loading weights ------------------------------------
 
+    def extra_types(self) -> dict[str, type]:
+        """The extra per-row parameters' types, by name (for request columns and override checks)."""
+        return {name: kind for name, (kind, _) in self.extra_parameters.items()}
+
     def unsupported_reason(self) -> str | None:
         """Why a checkpoint of an accepted pipeline class still cannot run, or None."""
         return None
 
     def component_config(self, component: str) -> dict[str, Any]:
         return self.configs[component]
+
+    def vae_scale_factor(self) -> int:
+        """Pixels per latent along each side, from an AutoencoderKL's config (2 ** (levels - 1))."""
+        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
 
     def latent_channels(self) -> int | None:
         """Channels of the VAE's latent space (None when the checkpoint has no VAE config)."""

@@ -190,9 +190,6 @@ class ModularFamily(Family):
         self.denoise_pipe = self._load_stage(schema.STAGE_DENOISE, device, dtype)
         self.denoise_dtype = dtype
 
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
-
     def latent_shape(self, request: Request) -> tuple[int, ...]:
         """The unpacked shape of one row's initial noise: the denoiser's channels at the VAE's scale."""
         denoiser = next(name for name in ("unet", "transformer") if name in self.configs)

@@ -18,9 +18,6 @@ class StableDiffusion(StandardFamily):
         "decode": ("vae",),
     }
 
-    def vae_scale_factor(self) -> int:
-        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
-
     def size_multiple(self) -> int:
         # The pipeline itself insists on multiples of 8 whatever the VAE.
         return max(8, self.vae_scale_factor())

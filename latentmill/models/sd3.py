@@ -14,5 +14,4 @@ class StableDiffusion3(ModularFamily):
     extra_parameters = {"max_sequence_length": (int, 256)}
 
     def size_multiple(self) -> int:
-        vae = 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
-        return vae * self.component_config("transformer")["patch_size"]
+        return self.vae_scale_factor() * self.component_config("transformer")["patch_size"]

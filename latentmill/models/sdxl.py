@@ -13,4 +13,4 @@ class StableDiffusionXL(ModularFamily):
     defaults = {"num_inference_steps": 30, "guidance_scale": 5.0, "height": 1024, "width": 1024, "fps": 0.0}
 
     def size_multiple(self) -> int:
-        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
+        return self.vae_scale_factor()

@@ -380,10 +380,11 @@ def _fail(summary: InterpolationSummary, writer, transition: Transition, reason:
 def _frame_uri(config: JobConfig, transition_id: str, step: int) -> str:
     """Where the decode pool wrote a frame (its media key, as for any row)."""
     from latentmill.actors.blend import frame_id
+    from latentmill.actors.stages import media_key
     from latentmill.io import media, storage
 
     extension, _ = media.format_info(config.output.image_format)
-    return storage.join(config.output.uri, "media", f"{storage.safe_key(frame_id(transition_id, step))}.{extension}")
+    return storage.join(config.output.uri, "media", media_key(frame_id(transition_id, step), extension))
 
 
 def _assemble_frames(frame_uris: list[str], fps: float, output_uri: str, options, transition_id: str):

@@ -94,7 +94,7 @@ def manifest_to_requests(table, rules: RowRules, done=None) -> dict[str, np.ndar
         done = ray.get(done)
     extra_names = tuple(rules.family.extra_parameters)
     rows = table.to_pylist()
-    out = empty_request_columns(len(rows), {n: kind for n, (kind, _) in rules.family.extra_parameters.items()})
+    out = empty_request_columns(len(rows), rules.family.extra_types())
     out[schema.LATENTS_URI] = np.full(len(rows), "", dtype=object)
     out[schema.LATENTS_SHA256] = np.full(len(rows), "", dtype=object)
     for column in SOURCE_SECONDS:

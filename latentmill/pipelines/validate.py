@@ -139,7 +139,7 @@ def to_requests(row: dict[str, Any], rules: RowRules) -> list[Request]:
         raise RowError(f"prompt has {len(prompt)} characters, above limits.max_prompt_chars {rules.limits.max_prompt_chars}")
 
     overrides = {}
-    extra_types = {name: kind for name, (kind, _) in rules.family.extra_parameters.items()}
+    extra_types = rules.family.extra_types()
     for column, kind in {**schema.OVERRIDE_COLUMNS, **extra_types}.items():
         if column != rules.prompt_column and row.get(column) is not None:
             overrides[column] = _coerce(column, row[column], kind)
@@ -213,7 +213,7 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
         claimed = ray.get(ledger.claim.remote([results[i][0] for i in claimable]))
         duplicate_positions = {i for i, first in zip(claimable, claimed) if not first}
 
-    out = empty_request_columns(len(results), {n: kind for n, (kind, _) in rules.family.extra_parameters.items()})
+    out = empty_request_columns(len(results), rules.family.extra_types())
     for index, (row_id, sample, input_row, request, error) in enumerate(results):
         out[schema.ID][index] = row_id
         out[schema.SAMPLE_INDEX][index] = sample
