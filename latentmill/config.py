@@ -237,6 +237,34 @@ def _default_pools() -> dict[str, PoolSettings]:
     }
 
 
+class DenoiseOptions(_Strict):
+    """Speed options of the denoise pool. Off by default: each changes the numbers a little, so the
+    manifest names the ones that made a row (column `denoise_options`)."""
+
+    compile: bool = Field(
+        False, description="torch.compile the denoiser once per actor: only its repeated blocks where the model "
+        "names them (diffusers' regional compile_repeated_blocks, far quicker to compile), else the whole model. "
+        "Pays on GPUs after the first batches; the first batch of each shape waits for the compiler.",
+    )
+    attention_backend: str | None = Field(
+        None, description="diffusers attention backend for the denoiser (set_attention_backend), e.g. "
+        "'_native_cudnn', 'flash' (needs flash-attn); models on diffusers' attention dispatcher only.",
+    )
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _check_backend(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("attention_backend must be a backend name or null")
+        return value.strip().lower() if value else None
+
+    def describe(self) -> str | None:
+        """`compile,attention_backend=NAME` for the manifest; None when every option is off."""
+        parts = (["compile"] if self.compile else []) + \
+            ([f"attention_backend={self.attention_backend}"] if self.attention_backend else [])
+        return ",".join(parts) or None
+
+
 class StageSettings(_Strict):
     encode: PoolSettings = Field(default_factory=lambda: _default_pools()["encode"])
     denoise: PoolSettings = Field(default_factory=lambda: _default_pools()["denoise"])
@@ -245,6 +273,7 @@ class StageSettings(_Strict):
         "encoder", description="dtype of the embeddings sent from the encode pool to the denoise pool: the "
         "encoder's own (half the bytes of float32 at float16/bfloat16), or float32.",
     )
+    denoise_options: DenoiseOptions = Field(default_factory=DenoiseOptions)
 
     def items(self) -> list[tuple[str, PoolSettings]]:
         return [("encode", self.encode), ("denoise", self.denoise), ("decode", self.decode)]

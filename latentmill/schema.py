@@ -82,6 +82,7 @@ MANIFEST_COLUMNS = (
     "model_hash",
     "model_family",
     "scheduler",
+    "denoise_options",  # the denoise pool's speed options that were on (compile, attention backend), else null
     OUTPUT_URI,
     BYTES,
     SHA256,

@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from latentmill import schema
+from latentmill.config import DenoiseOptions
 from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
@@ -186,8 +187,13 @@ class DenoiseWorker(StageWorker):
 
     stage = schema.STAGE_DENOISE
 
+    def __init__(self, *args, options: DenoiseOptions | None = None, **kwargs) -> None:
+        self.options = options or DenoiseOptions()
+        super().__init__(*args, **kwargs)
+
     def load(self) -> None:
         self.family.load_denoiser(self.device, self.dtype)
+        self.family.speed_up_denoiser(self.options.compile, self.options.attention_backend)
         self.columns = self.family.conditioning_columns()
 
     def group(self, batch, rows):

@@ -67,7 +67,7 @@ def read_manifest(output_dir: Path):
     files = sorted((output_dir / "manifest").glob("*.parquet"))
     if not files:
         return None
-    return pa.concat_tables([pq.read_table(f) for f in files])
+    return pa.concat_tables([pq.read_table(f) for f in files], promote_options="permissive")
 
 
 def pool_resources(stages: dict[str, Any]) -> dict[str, Any]:
@@ -162,7 +162,7 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
         ray.data.DataContext.get_current().enable_progress_bars = False
         ds = peer_dataset(str(table), model, params, batch_size, resources["actors"], resources["num_cpus"],
                           resources["num_gpus"], resources["threads"], str(output), config.defaults.seed,
-                          config.output.image_format)
+                          config.output.image_format, config.stages.denoise.dtype)
         done = 0
         for batch in ds.iter_batches(batch_size=None, batch_format="numpy"):
             done += len(batch["id"])
@@ -187,7 +187,8 @@ def run_peer(config, table: Path, model, params: dict[str, Any], batch_size: int
     return result
 
 
-def run_bound(model, params: dict[str, Any], rows: int, batch_size: int, threads: int, num_gpus: float) -> dict[str, Any]:
+def run_bound(model, params: dict[str, Any], rows: int, batch_size: int, threads: int, num_gpus: float,
+              dtype: str = "float32") -> dict[str, Any]:
     """(c): the denoiser alone in this process on precomputed embeddings."""
     import psutil
 
@@ -204,14 +205,14 @@ def run_bound(model, params: dict[str, Any], rows: int, batch_size: int, threads
         requests.append(request_from({**defaults, **params, "id": row_id, "prompt": prompts[i % len(prompts)],
                                       "seed": derived_seed(0, row_id)}, tuple(family.extra_parameters)))
     batches = [requests[i:i + batch_size] for i in range(0, rows, batch_size)]
-    device, dtype = family.prepare_runtime(num_gpus, "float32", threads)
-    family.load_encoder(device, dtype)
+    device, torch_dtype = family.prepare_runtime(num_gpus, dtype, threads)
+    family.load_encoder(device, torch_dtype)
     embeds = []
     for batch in batches:
         encoded = family.encode(batch).tensors
         embeds.append(encoded)
     started = time.perf_counter()
-    family.load_denoiser(device, dtype)
+    family.load_denoiser(device, torch_dtype)
     load = time.perf_counter() - started
     family.denoise(batches[0][:1], {k: v[:1] for k, v in embeds[0].items()})  # warm-up, as an actor's first batch
     times = []
@@ -300,7 +301,8 @@ def run_compare(args) -> dict[str, Any]:
     if "c" in contenders:
         log.info("bench compare: contender c (denoiser alone, in-process)")
         runs.append(run_bound(model, params, args.rows, batch_size,
-                              denoise_pool.torch_threads or 1, 1.0 if denoise_pool.num_gpus else 0.0))
+                              denoise_pool.torch_threads or 1, 1.0 if denoise_pool.num_gpus else 0.0,
+                              denoise_pool.dtype))
     report = summarize_compare(runs, totals, peer, denoise_pool, stages)
     report.update(
         command="latentmill bench compare " + " ".join(_argv_tail()),

@@ -19,13 +19,13 @@ class PeerPipelineWorker:
     """map_batches callable: prompts in, written media out (id, output_uri, seconds)."""
 
     def __init__(self, model, params: dict[str, Any], num_gpus: float, threads: int, output_uri: str,
-                 storage_options: dict[str, Any], job_seed: int, media_format: str) -> None:
+                 storage_options: dict[str, Any], job_seed: int, media_format: str, dtype: str = "float32") -> None:
         from latentmill.io import storage
 
         started = time.perf_counter()
         self.family = model.family()
-        device, _ = self.family.prepare_runtime(num_gpus, "float32", threads)
-        self.pipe = self.family.reference_pipeline(device)
+        device, torch_dtype = self.family.prepare_runtime(num_gpus, dtype, threads)
+        self.pipe = self.family.reference_pipeline(device, torch_dtype)
         self.pipe.set_progress_bar_config(disable=True)
         self.params, self.job_seed, self.media_format = params, job_seed, media_format
         self.output_uri = output_uri
@@ -77,7 +77,7 @@ class PeerPipelineWorker:
 
 def peer_dataset(table_path: str, model, params: dict[str, Any], batch_size: int, actors: int,
                  num_cpus: float, num_gpus: float, threads: int, output_uri: str, job_seed: int,
-                 media_format: str):
+                 media_format: str, dtype: str = "float32"):
     """The peer's Ray Data plan: read, split into batch-sized blocks (as latentmill does), one pool."""
     import ray.data
 
@@ -91,6 +91,7 @@ def peer_dataset(table_path: str, model, params: dict[str, Any], batch_size: int
         "fn_constructor_kwargs": {
             "model": model, "params": params, "num_gpus": num_gpus, "threads": threads,
             "output_uri": output_uri, "storage_options": {}, "job_seed": job_seed, "media_format": media_format,
+            "dtype": dtype,
         },
     }
     if num_gpus:

@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from latentmill.rows import Request
 
+# Component names of the denoising networks in a diffusers checkpoint (Wan 2.2's second expert included).
+DENOISER_COMPONENTS = ("unet", "transformer", "transformer_2")
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -169,6 +172,22 @@ class Family:
         """The torch modules this process holds, by component name (what a stage actor loaded)."""
         return {}
 
+    def speed_up_denoiser(self, compile: bool, attention_backend: str | None) -> None:
+        """Apply the denoise pool's speed options to the denoiser modules this process loaded."""
+        for name, module in self.loaded_modules().items():
+            if name not in DENOISER_COMPONENTS:
+                continue
+            if attention_backend:
+                if not hasattr(module, "set_attention_backend"):
+                    raise ValueError(f"{type(module).__name__} has no attention backends; unset "
+                                     "stages.denoise_options.attention_backend")
+                module.set_attention_backend(attention_backend)
+            if compile:
+                if getattr(module, "_repeated_blocks", None):
+                    module.compile_repeated_blocks(fullgraph=True)
+                else:
+                    module.compile()
+
     def enable_low_memory_decode(self) -> None:
         """Trade speed for memory after an out-of-memory error (diffusers VAEs: tiling, slicing)."""
         for switch in ("enable_tiling", "enable_slicing"):
@@ -177,12 +196,12 @@ class Family:
 
     # ---- reference -----------------------------------------------------------------------------
 
-    def reference_pipeline(self, device: str = "cpu"):
+    def reference_pipeline(self, device: str = "cpu", dtype: torch.dtype | None = None):
         """The plain single-process diffusers pipeline, for correctness checks and the peer benchmark."""
         import diffusers
 
         pipeline_class = getattr(diffusers, self.index["_class_name"])
-        return pipeline_class.from_pretrained(self.model_dir).to(device)
+        return pipeline_class.from_pretrained(self.model_dir, torch_dtype=dtype).to(device)
 
     def reference_kwargs(self, request: Request) -> dict[str, Any]:
         """The family's own arguments of the plain pipeline's call for this row."""

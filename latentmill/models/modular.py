@@ -18,7 +18,7 @@ import numpy as np
 
 from latentmill import schema
 from latentmill.models import tensors
-from latentmill.models.base import EncodedPrompts, Family, cpu_generator
+from latentmill.models.base import DENOISER_COMPONENTS, EncodedPrompts, Family, cpu_generator
 from latentmill.rows import Request
 
 # latentmill stage -> the sub-block of a modular block set that runs it
@@ -192,7 +192,7 @@ class ModularFamily(Family):
 
     def latent_shape(self, request: Request) -> tuple[int, ...]:
         """The unpacked shape of one row's initial noise: the denoiser's channels at the VAE's scale."""
-        denoiser = next(name for name in ("unet", "transformer") if name in self.configs)
+        denoiser = next(name for name in DENOISER_COMPONENTS if name in self.configs)
         factor = self.vae_scale_factor()
         return (self.configs[denoiser]["in_channels"], request.height // factor, request.width // factor)
 

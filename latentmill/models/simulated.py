@@ -331,5 +331,5 @@ class Simulated(Family):
         out[:] = np.clip(level, 0, 1)[:, :, None, None, None]
         return out
 
-    def reference_pipeline(self, device: str = "cpu"):
+    def reference_pipeline(self, device: str = "cpu", dtype=None):
         raise NotImplementedError("a simulated model has no diffusers pipeline; benchmark it with `latentmill bench scaling`")

@@ -251,7 +251,8 @@ def run_interpolation(config: JobConfig) -> InterpolationSummary:
     finished = _finished_transitions(fs, root)
     summary = InterpolationSummary(run_id=run_id, output_uri=config.output.uri, transitions_read=len(transitions))
     static = {"model": config.model.path, "model_hash": model.content_hash, "model_family": family.name,
-              "scheduler": family.scheduler_name(), "latentmill_version": __version__, "job_fingerprint": fingerprint}
+              "scheduler": family.scheduler_name(), "denoise_options": config.stages.denoise_options.describe(),
+              "latentmill_version": __version__, "job_fingerprint": fingerprint}
     frames_writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
                                  config.output.manifest_flush_seconds, static, extra_names,
                                  more_columns=tuple(blend.FRAME_COLUMNS))
@@ -311,6 +312,8 @@ def _stream(config, todo, endpoints, frames_done, model, family, options, frames
     workers = stage_workers()
     for stage in (schema.STAGE_DENOISE, schema.STAGE_DECODE):
         kwargs = worker_kwargs(pools[stage], model) | {"metrics_job": config.metrics.job_name}
+        if stage == schema.STAGE_DENOISE:
+            kwargs["options"] = config.stages.denoise_options
         if stage == schema.STAGE_DECODE:
             kwargs.update(output_uri=config.output.uri, storage_options=HiddenOptions(options),
                           image_format=config.output.image_format, video_format=config.output.video_format)

@@ -352,6 +352,7 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
         "model_hash": model.content_hash,
         "model_family": family.name,
         "scheduler": family.scheduler_name(),
+        "denoise_options": config.stages.denoise_options.describe(),
         "latentmill_version": __version__,
         "job_fingerprint": fingerprint,
     }

@@ -64,6 +64,8 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
         kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
         if stage == schema.STAGE_ENCODE:
             kwargs["conditioning_float32"] = config.stages.conditioning_dtype == "float32"
+        if stage == schema.STAGE_DENOISE:
+            kwargs["options"] = config.stages.denoise_options
         if stage == schema.STAGE_DECODE:
             kwargs.update(decode_kwargs(config, model, rules, storage_options))
         ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))

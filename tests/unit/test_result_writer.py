@@ -18,7 +18,8 @@ def test_an_image_row_has_a_null_frame_rate_and_a_video_row_its_own(tmp_path):
     batch[schema.BYTES] = np.array([1, 2])
     for stage in schema.STAGES:
         batch[schema.seconds_column(stage)] = np.zeros(2)
-    static = {name: "x" for name in ("model", "model_hash", "model_family", "scheduler", "latentmill_version",
+    static = {name: "x" for name in ("model", "model_hash", "model_family", "scheduler", "denoise_options",
+                                     "latentmill_version",
                                      "job_fingerprint")}
     writer = ResultWriter(str(tmp_path), {}, "run", 100, 30.0, static)
     writer.add(batch, RunSummary(run_id="run", output_uri=str(tmp_path)))
