@@ -255,7 +255,9 @@ class ModularFamily(Family):
         kwargs = {name: getattr(first, name) for name in (schema.HEIGHT, schema.WIDTH) if name in accepted}
         output = "videos" if self.is_video else "images"
         with torch.inference_mode():
-            frames = pipe(latents=torch.from_numpy(latents).to(pipe.device), output_type="np", output=output, **kwargs)
+            # in the VAE's dtype, as the plain pipeline hands its own latents over (its blocks upcast float16 VAEs)
+            frames = pipe(latents=torch.from_numpy(latents).to(pipe.device, self.vae.dtype), output_type="np",
+                          output=output, **kwargs)
         frames = np.asarray(frames, dtype=np.float32)
         return frames if self.is_video else frames[:, None]
 

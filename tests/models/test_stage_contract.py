@@ -71,9 +71,9 @@ NO_GUIDANCE = {
 }
 
 
-def run_stages(ref, requests: list[Request]) -> tuple[np.ndarray, dict, dict]:
+def run_stages(ref, requests: list[Request], dtype_name: str = "float32") -> tuple[np.ndarray, dict, dict]:
     encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
-    device, dtype = encoder.prepare_runtime(0, "float32", 1)
+    device, dtype = encoder.prepare_runtime(0, dtype_name, 1)
     encoder.load_encoder(device, dtype)
     encoded = encoder.encode(requests)
     denoiser.load_denoiser(device, dtype)
@@ -123,3 +123,15 @@ def test_stages_in_isolation_equal_plain_diffusers(name):
     # The same row alone, and among other batch mates, gives the same result.
     alone, _, _ = run_stages(ref, [requests[1]])
     assert np.abs(alone[0] - frames[1]).max() <= 1e-4
+
+
+@pytest.mark.parametrize("name", sorted(FAMILY_EXTRAS))
+def test_every_stage_runs_in_bfloat16_as_on_a_gpu(name):
+    """Stages in bfloat16 (what GPU pools run): latents cross to the decoder as float32 and must meet a
+    bfloat16 VAE; the frames stay finite and near the float32 ones."""
+    ref = resolve_model(f"builtin:{name}")
+    requests = requests_for(ref.family(), name)[:2]
+    full, _, _ = run_stages(ref, requests)
+    half, _, _ = run_stages(ref, requests, "bfloat16")
+    assert half.shape == full.shape and np.isfinite(half).all()
+    assert np.abs(half - full).mean() < 0.05, f"{name}: bfloat16 frames far from float32 ones"
