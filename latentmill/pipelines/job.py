@@ -498,7 +498,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
 
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
-    from latentmill.pipelines.ledger import start_ledger
+    from latentmill.pipelines.ledger import IdSet, start_ledger
     from latentmill.pipelines.plan import build_dataset
     from latentmill.pipelines.redecode import build_decode_dataset
     from latentmill.pipelines.resources import (ResourcesPending, check_cluster, cluster_view, pending_watch,
@@ -526,8 +526,8 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     # Ray Data's own no-progress guard must not cut the wait that ray.pending_timeout_s allows.
     if 0 < context.execution_no_progress_timeout_s < timeout + 60:
         context.execution_no_progress_timeout_s = timeout + 60
-    ledger = start_ledger()
-    done = ray.put(frozenset(state.done)) if state.done else None
+    ledger = start_ledger(table.num_rows)
+    done = ray.put(IdSet.from_ids(state.done)) if state.done else None
     if config.decode is None:
         dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
     else:  # a source manifest's ids are unique: no ledger needed
@@ -566,5 +566,5 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
             f"\n{summary.outputs_written} output(s) were saved; re-run the same command to resume"
         ) from None
     finally:
-        ray.kill(ledger)
+        ledger.stop()
         job_metrics.stop()

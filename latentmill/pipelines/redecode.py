@@ -88,10 +88,9 @@ def check_source(table, family, model_path: str, options: dict[str, Any]) -> Non
 
 def manifest_to_requests(table, rules: RowRules, done=None) -> dict[str, np.ndarray]:
     """Source manifest rows -> request rows carrying their latents object; done ones marked."""
-    import ray
+    from latentmill.pipelines.ledger import shared_id_set
 
-    if isinstance(done, ray.ObjectRef):
-        done = ray.get(done)
+    done = shared_id_set(done)
     extra_names = tuple(rules.family.extra_parameters)
     rows = table.to_pylist()
     out = empty_request_columns(len(rows), rules.family.extra_types())

@@ -18,6 +18,7 @@ from latentmill import schema
 from latentmill.config import GenerationDefaults, Limits
 from latentmill.models.base import Family
 from latentmill.pipelines.inputs import READ_ERROR, READ_POSITION
+from latentmill.pipelines.ledger import shared_id_set
 from latentmill.rows import Request, empty_request_columns, request_from, write_request
 
 SEED_LIMIT = 2**63
@@ -183,8 +184,9 @@ def _fallback_id(row: dict[str, Any], rules: RowRules) -> str:
 def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, np.ndarray]:
     """A pyarrow batch of raw rows -> request columns; invalid rows carry their error.
 
-    `ledger` (an IdLedger actor) turns a second use of an id into an error row; `done` (ids a
-    previous run completed) marks those requests ALREADY_DONE so no stage touches them again.
+    `ledger` (a ShardedLedger) turns a second use of an id into an error row; `done` (an IdSet of the ids
+    a previous run completed, or its object reference) marks those requests ALREADY_DONE so no stage
+    touches them again.
     """
     results: list[tuple[str, int, str, Request | None, str]] = []  # id, sample, input row, request, error
     unreadable: set[int] = set()  # positions in `results` of rows the read could not read
@@ -203,15 +205,12 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
         results.extend((r.id, k, input_row, r, "") for k, r in enumerate(requests))
 
     duplicate_positions: set[int] = set()
-    if ledger is not None or done is not None:
-        import ray
-
-        if isinstance(done, ray.ObjectRef):  # shared once through the object store
-            done = ray.get(done)
     if ledger is not None:
         claimable = [i for i, r in enumerate(results) if r[3] is not None]
-        claimed = ray.get(ledger.claim.remote([results[i][0] for i in claimable]))
+        claimed = ledger.claim([results[i][0] for i in claimable])
         duplicate_positions = {i for i, first in zip(claimable, claimed) if not first}
+    done = shared_id_set(done)
+    finished = done.contains([r[0] for r in results]) if done is not None else np.zeros(len(results), dtype=bool)
 
     out = empty_request_columns(len(results), rules.family.extra_types())
     for index, (row_id, sample, input_row, request, error) in enumerate(results):
@@ -232,6 +231,6 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
             out[schema.ERROR_MESSAGE][index] = error
             continue
         write_request(out, index, request)
-        if done is not None and row_id in done:
+        if finished[index]:
             out[schema.ERROR_STAGE][index] = schema.ALREADY_DONE
     return out
