@@ -2,7 +2,8 @@
 
 Runs `latentmill run` in a subprocess on a simulated model whose times are shrunk (`@SCALE`: the point
 is the driver's memory, not speed; the tensors keep their real sizes) and samples that process's RSS
-(the driver only, not Ray's workers) with psutil every 0.2 s.
+with psutil every 0.2 s; the peak RSS of Ray's worker processes by type (the id ledger's shards, the
+validation tasks, the stage actors) is sampled alongside.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ log = logging.getLogger(__name__)
 def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]:
     import psutil
 
+    from latentmill.bench.monitor import ProcessMonitor
+
     table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows, row_group_size=10_000)
     output = out / "runs" / f"driver-memory-{rows}"
     if output.exists():
@@ -46,7 +49,7 @@ def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]
     started = time.perf_counter()
     log_file = out / "runs" / f"driver-memory-{rows}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log_handle:
+    with open(log_file, "w") as log_handle, ProcessMonitor(interval=1.0, uss=False, gpu=False) as workers:
         process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT)
         driver = psutil.Process(process.pid)
         series: list[tuple[float, float]] = []
@@ -80,6 +83,8 @@ def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]
         "command": " ".join(command),
         "job": job,
         "rss_series_mb": series[::step],
+        "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"]}
+                    for kind, v in workers.summary().items()},
     }
 
 
@@ -114,5 +119,10 @@ def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
                              "outputs", "failed"], rows), ""]
     if growth is not None:
         md.append(f"Peak RSS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {growth:+.1%}")
+    kinds = sorted({kind for p in points for kind in p.get("workers", {})})
+    if kinds:
+        md += ["", ar.markdown_table(
+            ["Ray process type", *(f"peak RSS MiB at {p['rows']} rows" for p in points)],
+            [[kind, *((p.get("workers", {}).get(kind) or {}).get("peak_rss_mb") for p in points)] for kind in kinds])]
     (out / "driver_memory.md").write_text("\n".join(md) + "\n")
     return report

@@ -1,6 +1,5 @@
 """The compact id set a resume shares with every validation task."""
 
-import numpy as np
 
 from latentmill.pipelines.ledger import IdSet, id_digests
 from latentmill.pipelines.validate import validate_batch
