@@ -351,6 +351,22 @@ def parse_budget(value: str | float | int | None) -> float | int | None:
     return int(number) if number.is_integer() and number >= 1 else number
 
 
+class CacheSettings(_Strict):
+    embeddings: str | None = Field(
+        None, description="Folder or URI (s3://...) of a prompt-embedding cache shared across runs: rows whose "
+        "embeddings are there skip the text encoder, and an encode actor loads its encoder only at its first "
+        "uncached row. Keyed by the text encoders' content, the prompt, the negative prompt where guidance uses "
+        "it, the per-row parameters and the dtypes; it never changes an output. Uses storage: credentials.",
+    )
+
+    @field_validator("embeddings")
+    @classmethod
+    def _check_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.strip():
+            raise ValueError("cache.embeddings must be a folder or URI, or null")
+        return value
+
+
 class JobConfig(_Strict):
     input: InputSettings = Field(default_factory=InputSettings)
     output: OutputSettings = Field(default_factory=OutputSettings)
@@ -358,6 +374,7 @@ class JobConfig(_Strict):
     defaults: GenerationDefaults = Field(default_factory=GenerationDefaults)
     limits: Limits = Field(default_factory=Limits)
     stages: StageSettings = Field(default_factory=StageSettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
     storage: StorageSettings = Field(default_factory=StorageSettings)
     ray: RaySettings = Field(default_factory=RaySettings)
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)

@@ -19,6 +19,7 @@ NUM_FRAMES = "num_frames"
 FPS = "fps"
 SAMPLE_INDEX = "sample_index"  # k of N samples per prompt; every input row has exactly one sample 0
 PROMPT_TRUNCATED = "prompt_truncated"
+EMBEDDINGS_CACHED = "embeddings_cached"  # the row's prompt embeddings came from cache.embeddings
 INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows what came in
 
 # The request's columns and their types (rows.Request has one field per column).
@@ -78,6 +79,7 @@ MANIFEST_COLUMNS = (
     *REQUEST_COLUMNS,
     SAMPLE_INDEX,
     PROMPT_TRUNCATED,
+    EMBEDDINGS_CACHED,
     "model",
     "model_hash",
     "model_family",

@@ -11,6 +11,7 @@ import hashlib
 import logging
 import os
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -142,6 +143,15 @@ def _per_row_array(values: list[np.ndarray]) -> np.ndarray:
     return out
 
 
+@dataclass(frozen=True)
+class EmbeddingCacheSettings:
+    """What an encode actor needs to use cache.embeddings."""
+
+    uri: str
+    storage_options: HiddenOptions
+    encoder_hash: str
+
+
 class TextEncodeWorker(StageWorker):
     """Pool A: tokenizer(s) + text encoder(s). Requests -> the model's named conditioning tensors.
 
@@ -152,13 +162,27 @@ class TextEncodeWorker(StageWorker):
 
     stage = schema.STAGE_ENCODE
 
-    def __init__(self, *args, conditioning_float32: bool = False, **kwargs) -> None:
+    def __init__(self, *args, conditioning_float32: bool = False,
+                 embedding_cache: EmbeddingCacheSettings | None = None, **kwargs) -> None:
         self.conditioning_float32 = conditioning_float32
+        self.cache_settings = embedding_cache
+        self.encoder_loaded = False
         super().__init__(*args, **kwargs)
 
     def load(self) -> None:
-        self.family.load_encoder(self.device, self.dtype)
         self.columns = self.family.conditioning_columns()
+        self.cache = None
+        if self.cache_settings is None:
+            self._load_encoder()
+        else:  # the encoder loads at the first row the cache does not have
+            from latentmill.io.embeddings import EmbeddingCache
+
+            self.cache = EmbeddingCache(self.cache_settings.uri, self.cache_settings.storage_options.reveal())
+
+    def _load_encoder(self) -> None:
+        if not self.encoder_loaded:
+            self.family.load_encoder(self.device, self.dtype)
+            self.encoder_loaded = True
 
     def prepare_output(self, batch):
         out = _copy_without(batch, ())
@@ -166,17 +190,52 @@ class TextEncodeWorker(StageWorker):
         for name in self.columns:
             out[name] = np.full(size, b"", dtype=object)
         out[schema.seconds_column(self.stage)] = np.zeros(size)
+        out[schema.EMBEDDINGS_CACHED] = np.zeros(size, dtype=bool)
         return out
 
     def process(self, batch, out, rows):
-        self.faults.model_call()
-        encoded = self.family.encode(_requests(self.family, batch, rows))
-        for name, values in encoded.tensors.items():
-            for row, value in zip(rows, values):
-                if value is not None and self.conditioning_float32:
-                    value = tensors.as_float32(value)
-                out[name][row] = tensors.pack(value)
-        out[schema.PROMPT_TRUNCATED][rows] = encoded.truncated
+        packed, truncated, cached = self._encode(_requests(self.family, batch, rows))
+        for name in self.columns:
+            for row, value in zip(rows, packed[name]):
+                out[name][row] = value
+        out[schema.PROMPT_TRUNCATED][rows] = truncated
+        out[schema.EMBEDDINGS_CACHED][rows] = cached
+
+    def _encode(self, requests: list[Request]) -> tuple[dict[str, list[bytes]], list[bool], list[bool]]:
+        """Each row's packed conditioning columns and truncation flag, from the cache where it has them;
+        and which rows it had."""
+        from latentmill.io.embeddings import entry_key
+
+        size = len(requests)
+        packed: dict[str, list[bytes]] = {name: [b""] * size for name in self.columns}
+        truncated, cached = [False] * size, [False] * size
+        keys: list[str] = []
+        if self.cache is not None:
+            dtype = str(self.dtype).removeprefix("torch.")
+            keys = [entry_key(self.cache_settings.encoder_hash, self.family.name, dtype, self.conditioning_float32,
+                              self.family.encoding_key(request)) for request in requests]
+            for i, key in enumerate(keys):
+                entry = self.cache.get(key)
+                if entry is not None and set(entry[0]) == set(self.columns):
+                    for name in self.columns:
+                        packed[name][i] = entry[0][name]
+                    truncated[i], cached[i] = entry[1], True
+        misses = [i for i in range(size) if not cached[i]]
+        if misses:
+            self._load_encoder()
+            self.faults.model_call()
+            encoded = self.family.encode([requests[i] for i in misses])
+            for name, values in encoded.tensors.items():
+                for i, value in zip(misses, values):
+                    if value is not None and self.conditioning_float32:
+                        value = tensors.as_float32(value)
+                    packed[name][i] = tensors.pack(value)
+            for i, flag in zip(misses, encoded.truncated):
+                truncated[i] = bool(flag)
+            if self.cache is not None:
+                for i in misses:
+                    self.cache.put(keys[i], {name: packed[name][i] for name in self.columns}, truncated[i])
+        return packed, truncated, cached
 
 
 class DenoiseWorker(StageWorker):

@@ -57,6 +57,9 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--samples-per-prompt", type=int, help="outputs per prompt row, each with its own seed")
     run.add_argument("--save-latents", action="store_true",
                      help="also keep each row's final latents as DEST/latents/<key>.safetensors (for `latentmill decode`)")
+    run.add_argument("--embedding-cache", metavar="URI",
+                     help="reuse prompt embeddings across runs from this folder or s3:// URI (cache.embeddings): "
+                     "cached rows skip the text encoder, which loads only at the first uncached row")
     run.add_argument("--ray-address", help="connect to this Ray cluster instead of starting Ray locally")
     run.add_argument("--no-progress", action="store_true", help="hide Ray's progress bars")
     sizing = run.add_mutually_exclusive_group()
@@ -324,6 +327,7 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
     put("defaults", "seed", args.seed)
     if args.param:
         put("defaults", "model_parameters", dict(args.param))
+    put("cache", "embeddings", args.embedding_cache)
     put("ray", "address", args.ray_address)
     put("metrics", "pushgateway", getattr(args, "pushgateway", None))
     put("metrics", "port", getattr(args, "metrics_port", None))

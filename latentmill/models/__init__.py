@@ -113,6 +113,22 @@ def _download(uri: str, storage_options: dict) -> Path:
     return target
 
 
+# Component folders whose content decides prompt embeddings (text encoders, their tokenizers/processors).
+ENCODING_COMPONENT_PREFIXES = ("text_encoder", "tokenizer", "processor")
+
+
+def encoder_content_hash(path: str, storage_options: dict | None = None) -> str:
+    """sha256 over the checkpoint's text-encoding components only: the embedding cache's model key, so a
+    new denoiser or VAE for the same encoders keeps the cache."""
+    local = materialize(path, storage_options)
+    index = json.loads((local / "model_index.json").read_text())
+    names = sorted(name for name in _components(index) if name.startswith(ENCODING_COMPONENT_PREFIXES))
+    digest = hashlib.sha256()
+    for name in names:
+        digest.update(f"{name}:{_content_hash(local / name)}\n".encode())
+    return digest.hexdigest()
+
+
 def _content_hash(local_dir: Path) -> str:
     """sha256 over every file's relative path and content; cached by size and mtime."""
     files = sorted(p for p in local_dir.rglob("*") if p.is_file())

@@ -130,6 +130,11 @@ class Family:
         """Whether this row's guidance uses negative (unconditional) embeddings."""
         return request.guidance_scale > 1
 
+    def encoding_key(self, request: Request) -> tuple:
+        """What decides a row's conditioning tensors (the embedding cache's key, with the encoders' hash)."""
+        return (request.prompt, request.negative_prompt if self.needs_negative(request) else None,
+                request.extras)
+
     def denoise_group_key(self, request: Request) -> tuple:
         """Rows with equal keys can share one batched denoiser call."""
         return (request.height, request.width, request.num_frames, request.num_inference_steps,

@@ -127,7 +127,8 @@ class ResultWriter:
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
             else:
-                row = {name: _plain(batch[name][index]) for name in self.columns["manifest"] if name in batch}
+                # (a column no stage of this job fills, e.g. embeddings_cached in a decode job, stays null)
+                row = {name: _plain(batch[name][index]) if name in batch else None for name in self.columns["manifest"]}
                 if row.get(schema.FPS) == 0:  # an image: a frame rate does not apply (video rows need fps > 0)
                     row[schema.FPS] = None
                 row.update(self.static)

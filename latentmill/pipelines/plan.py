@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 from latentmill import schema
-from latentmill.actors.stages import stage_workers, default_threads
+from latentmill.actors.stages import EmbeddingCacheSettings, default_threads, stage_workers
 from latentmill.config import JobConfig, PoolSettings
 from latentmill.io.hidden import HiddenOptions
 from latentmill.faults import forwarded_env
-from latentmill.models import ModelRef
+from latentmill.models import ModelRef, encoder_content_hash
 from latentmill.pipelines.inputs import PromptTable
 from latentmill.pipelines.validate import RowRules, validate_batch
 
@@ -64,6 +64,10 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
         kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
         if stage == schema.STAGE_ENCODE:
             kwargs["conditioning_float32"] = config.stages.conditioning_dtype == "float32"
+            if config.cache.embeddings:
+                kwargs["embedding_cache"] = EmbeddingCacheSettings(
+                    config.cache.embeddings, HiddenOptions(storage_options),
+                    encoder_content_hash(config.model.path, storage_options))
         if stage == schema.STAGE_DENOISE:
             kwargs["options"] = config.stages.denoise_options
         if stage == schema.STAGE_DECODE:
