@@ -58,6 +58,7 @@ FAMILY_EXTRAS = {
     "tiny-image": {},
     "tiny-video": {},
     "tiny-wan22": {"guidance_scale_2": 2.0},
+    "tiny-wan22-5b": {},
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-flux": {"true_cfg_scale": 3.0},
