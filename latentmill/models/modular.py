@@ -219,9 +219,9 @@ class ModularFamily(Family):
             if any(row is None for row in rows):
                 continue  # e.g. negatives of rows without guidance: the group has none
             if name in self.list_columns:
-                kwargs[name] = [_to_stage(tensors.to_torch(row), pipe.device, self.denoise_dtype) for row in rows]
+                kwargs[name] = [tensors.to_stage(tensors.to_torch(row), pipe.device, self.denoise_dtype) for row in rows]
             else:
-                kwargs[name] = _to_stage(tensors.stack_rows(rows), pipe.device, self.denoise_dtype)
+                kwargs[name] = tensors.to_stage(tensors.stack_rows(rows), pipe.device, self.denoise_dtype)
         accepted = set(self.stage_block(schema.STAGE_DENOISE).input_names)
         if schema.GUIDANCE in accepted:
             kwargs[schema.GUIDANCE] = first.guidance_scale
@@ -266,9 +266,3 @@ def _quiet_progress(block) -> None:
         block.set_progress_bar_config(disable=True)
     for sub_block in getattr(block, "sub_blocks", {}).values():
         _quiet_progress(sub_block)
-
-
-def _to_stage(value, device, dtype):
-    """On the stage's device; floating-point tensors in its dtype, masks as they are."""
-    value = value.to(device)
-    return value.to(dtype) if value.is_floating_point() else value

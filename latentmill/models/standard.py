@@ -33,8 +33,9 @@ class StandardFamily(Family):
     def load_encoder(self, device, dtype) -> None:
         self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
 
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None):
-        """The family pipeline's own prompt encoding -> (positive, negative or None) embeddings."""
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None) -> dict[str, Any]:
+        """The family pipeline's own prompt encoding: a batch tensor per conditioning column (negatives
+        None without `negative_prompts`)."""
         raise NotImplementedError
 
     def max_prompt_tokens(self) -> int:
@@ -43,23 +44,23 @@ class StandardFamily(Family):
     def encode(self, requests: list[Request]) -> EncodedPrompts:
         import torch
 
-        positive: list[np.ndarray | None] = [None] * len(requests)
-        negative: list[np.ndarray | None] = [None] * len(requests)
+        columns: dict[str, list[np.ndarray | None]] = {name: [None] * len(requests)
+                                                       for name in self.conditioning_columns()}
         for with_negative in (True, False):
             rows = [i for i, r in enumerate(requests) if self.needs_negative(r) == with_negative]
             if not rows:
                 continue
             negatives = [requests[i].negative_prompt for i in rows] if with_negative else None
             with torch.inference_mode():
-                pos, neg = self.encode_prompt([requests[i].prompt for i in rows], negatives)
-            for i, value in zip(rows, tensors.rows_of(pos, len(rows))):
-                positive[i] = value
-            if with_negative:
-                for i, value in zip(rows, tensors.rows_of(neg, len(rows))):
-                    negative[i] = value
+                encoded = self.encode_prompt([requests[i].prompt for i in rows], negatives)
+            for name, batch in encoded.items():
+                if batch is None:  # negatives of rows without guidance
+                    continue
+                for i, value in zip(rows, tensors.rows_of(batch, len(rows))):
+                    columns[name][i] = value
         prompts = [r.prompt for r in requests]
         return EncodedPrompts(
-            tensors={PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative},
+            tensors=columns,
             truncated=prompts_truncated(self.encode_pipe.tokenizer, prompts, self.max_prompt_tokens()),
         )
 
@@ -107,7 +108,7 @@ class StandardFamily(Family):
         embeds = {}
         for name, rows in conditioning.items():
             if all(row is not None for row in rows):
-                embeds[name] = tensors.stack_rows(rows).to(device, dtype)
+                embeds[name] = tensors.to_stage(tensors.stack_rows(rows), device, dtype)
         with torch.inference_mode():
             latents = pipe(
                 **embeds,
