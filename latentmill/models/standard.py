@@ -89,6 +89,14 @@ class StandardFamily(Family):
         drawn = torch.randn((1, *self.latent_shape(request)), generator=cpu_generator(request.seed))
         return drawn[0].numpy()
 
+    def pipeline_latents(self, noise, request: Request):
+        """Rows' initial noise (latent_shape's layout) in the form the pipeline takes as `latents`."""
+        return noise
+
+    def final_latents(self, latents, request: Request):
+        """The pipeline's output latents (output_type "latent") as the decode stage takes them."""
+        return latents
+
     def denoise(self, requests, conditioning, noise=None):
         import torch
 
@@ -112,7 +120,7 @@ class StandardFamily(Family):
         with torch.inference_mode():
             latents = pipe(
                 **embeds,
-                latents=noise.to(device),
+                latents=self.pipeline_latents(noise, first).to(device),
                 generator=generators,
                 height=first.height,
                 width=first.width,
@@ -122,7 +130,7 @@ class StandardFamily(Family):
                 return_dict=False,
                 **self.denoise_call_kwargs(first),
             )[0]
-        return list(latents.float().cpu().numpy())
+        return list(self.final_latents(latents, first).float().cpu().numpy())
 
     def loaded_modules(self) -> dict[str, Any]:
         import torch

@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from latentmill.models.base import frame_count_problem
 from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
 from latentmill.rows import Request
 
@@ -46,19 +47,15 @@ class Wan(StandardFamily):
         config = self.component_config("vae")
         return config.get("scale_factor_temporal", 4), config.get("scale_factor_spatial", 8)
 
+    def vae_scale_factor(self) -> int:
+        return self._vae_factors()[1]
+
     def size_multiple(self) -> int:
         patch = self.component_config("transformer")["patch_size"]
-        return max(16, self._vae_factors()[1] * max(patch[1], patch[2]))
+        return max(16, self.vae_scale_factor() * max(patch[1], patch[2]))
 
     def check_request(self, request: Request) -> str | None:
-        temporal = self._vae_factors()[0]
-        if (request.num_frames - 1) % temporal:
-            suggestion = (request.num_frames - 1) // temporal * temporal + 1
-            return (
-                f"num_frames {request.num_frames} must be {temporal}k+1 for this model "
-                f"(e.g. {suggestion} or {suggestion + temporal})"
-            )
-        return super().check_request(request)
+        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
 
     def output_frames(self, request: Request) -> int:
         return request.num_frames
@@ -97,7 +94,7 @@ class Wan(StandardFamily):
         from diffusers.video_processor import VideoProcessor
 
         self.vae = AutoencoderKLWan.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
-        self.video_processor = VideoProcessor(vae_scale_factor=self._vae_factors()[1])
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch
