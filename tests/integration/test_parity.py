@@ -111,6 +111,8 @@ def test_tiny_video_matches_plain_diffusers(ray_local, tmp_path, batch_size):
 # Per video family: rows of different seeds, frame counts, step counts and guidance, mixed in one batch.
 VIDEO_FAMILY_ROWS = {
     "tiny-wan22-5b": [{}, {"num_frames": 5, "seed": 7}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}],
+    "tiny-ltx": [{}, {"fps": 12.0, "decode_timestep": 0.1}, {"guidance_scale": 1.0, "decode_noise_scale": 0.1},
+                 {"num_frames": 17}],
 }
 
 
