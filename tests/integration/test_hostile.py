@@ -375,7 +375,7 @@ def _checkpoint(root: Path, index, folders: dict[str, dict] | None = None) -> Pa
     [
         ({"_class_name": "KandinskyPipeline"}, {},
          "is a KandinskyPipeline, which latentmill has no adapter for; supported pipeline classes: "
-         "FluxPipeline, "),
+         "CogVideoXPipeline, FluxPipeline, "),
         ({"_class_name": "LTXPipeline", "vae": ["diffusers", "AutoencoderKLLTXVideo"]},
          {"vae": {"decoder_inject_noise": [True, True, True, False, False]}},
          "cannot run: its VAE decoder adds noise from torch's global random state"),

@@ -60,6 +60,7 @@ FAMILY_EXTRAS = {
     "tiny-wan22": {"guidance_scale_2": 2.0},
     "tiny-wan22-5b": {},
     "tiny-ltx": {"decode_timestep": 0.1, "decode_noise_scale": 0.05},
+    "tiny-cogvideox": {},
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-flux": {"true_cfg_scale": 3.0},

@@ -167,9 +167,20 @@ def ltx_family():
     return family
 
 
+def cogvideox_family():
+    from latentmill.models.cogvideox import CogVideoX
+
+    family = CogVideoX.__new__(CogVideoX)
+    family.index = {"_class_name": "CogVideoXPipeline"}
+    family.configs = {"vae": {"block_out_channels": [128, 256, 256, 512], "temporal_compression_ratio": 4},
+                      "transformer": {"patch_size": 2, "patch_size_t": 2, "in_channels": 16}}
+    return family
+
+
 @pytest.mark.parametrize(("family", "frame_rule", "frame_fix", "size_multiple"), [
     (wan22_5b_family, "4k+1", "use 9 or 13", 32),
     (ltx_family, "8k+1", "use 9 or 17", 32),
+    (cogvideox_family, "8k+1", "use 9 or 17", 16),
 ])
 def test_video_family_rules_name_the_rule_and_a_valid_value(family, frame_rule, frame_fix, size_multiple):
     row_rules = rules(family())
