@@ -195,6 +195,11 @@ class Family:
             kwargs["num_frames"] = request.num_frames
         return kwargs
 
+    def reference_guidance(self, pipe, request: Request) -> dict[str, Any]:
+        """The row's guidance for the plain pipeline: its call's argument (or, for a pipeline with a
+        guider component, a guider set to it)."""
+        return {"guidance_scale": request.guidance_scale}
+
     def reference_generate(self, pipe, request: Request) -> np.ndarray:
         """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
         import numpy as np
@@ -205,11 +210,10 @@ class Family:
             height=request.height,
             width=request.width,
             num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
             generator=cpu_generator(request.seed),
             output_type="np",
         )
-        output = pipe(**{**kwargs, **self.reference_kwargs(request)})
+        output = pipe(**{**kwargs, **self.reference_guidance(pipe, request), **self.reference_kwargs(request)})
         frames = output.frames[0] if self.is_video else output.images[0][None]
         return np.asarray(frames, dtype=np.float32)
 

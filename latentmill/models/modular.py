@@ -52,9 +52,10 @@ class ModularFamily(Family):
         return self.blocks.sub_blocks[STAGE_BLOCKS[stage]]
 
     def stage_components(self, stage: str) -> list[str]:
-        """The checkpoint components a stage's actor loads: its sub-block's pretrained components."""
+        """The checkpoint components a stage's actor loads: its sub-block's components that the checkpoint
+        holds (pretrained ones, and configured ones it ships, e.g. a guider with the model's guidance)."""
         specs = self.stage_block(stage).expected_components
-        return [spec.name for spec in specs if spec.default_creation_method == "from_pretrained" and spec.name in self.index]
+        return [spec.name for spec in specs if spec.name in self.index]
 
     def conditioning_columns(self) -> tuple[str, ...]:
         produced = [output.name for output in self.stage_block(schema.STAGE_ENCODE).intermediate_outputs]

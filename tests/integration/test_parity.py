@@ -114,6 +114,7 @@ VIDEO_FAMILY_ROWS = {
     "tiny-ltx": [{}, {"fps": 12.0, "decode_timestep": 0.1}, {"guidance_scale": 1.0, "decode_noise_scale": 0.1},
                  {"num_frames": 17}],
     "tiny-cogvideox": [{}, {"num_frames": 17, "seed": 7}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}],
+    "tiny-hunyuan-video15": [{}, {"num_frames": 5, "seed": 7}, {"guidance_scale": 1.0}, {"guidance_scale": 3.0}],
 }
 
 

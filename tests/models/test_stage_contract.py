@@ -61,6 +61,7 @@ FAMILY_EXTRAS = {
     "tiny-wan22-5b": {},
     "tiny-ltx": {"decode_timestep": 0.1, "decode_noise_scale": 0.05},
     "tiny-cogvideox": {},
+    "tiny-hunyuan-video15": {},
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-flux": {"true_cfg_scale": 3.0},

@@ -73,6 +73,8 @@ def test_init_tiny_writes_complete_checkpoints(built):
                 assert list((path / component).glob("tokenizer*.json")), (name, component)
             elif component == "scheduler":
                 assert (path / component / "scheduler_config.json").is_file()
+            elif component == "guider":
+                assert (path / component / "guider_config.json").is_file()
             else:
                 assert list((path / component).glob("*.safetensors")), (name, component)
         # Realistic VAE compression, so a stage that assumes a default factor gets caught.

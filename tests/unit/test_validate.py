@@ -177,10 +177,21 @@ def cogvideox_family():
     return family
 
 
+def hunyuan_video15_family():
+    from latentmill.models.hunyuan_video15 import HunyuanVideo15
+
+    family = HunyuanVideo15.__new__(HunyuanVideo15)
+    family.index = {"_class_name": "HunyuanVideo15Pipeline"}
+    family.configs = {"vae": {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4, "latent_channels": 32},
+                      "transformer": {"patch_size": 1, "patch_size_t": 1}}
+    return family
+
+
 @pytest.mark.parametrize(("family", "frame_rule", "frame_fix", "size_multiple"), [
     (wan22_5b_family, "4k+1", "use 9 or 13", 32),
     (ltx_family, "8k+1", "use 9 or 17", 32),
     (cogvideox_family, "8k+1", "use 9 or 17", 16),
+    (hunyuan_video15_family, "4k+1", "use 9 or 13", 16),
 ])
 def test_video_family_rules_name_the_rule_and_a_valid_value(family, frame_rule, frame_fix, size_multiple):
     row_rules = rules(family())
