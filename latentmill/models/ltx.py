@@ -4,8 +4,11 @@ The denoise stage runs the plain pipeline's own loop on its packed latents (toke
 video), told the row's `fps` as the frame rate (LTX scales its rotary positions in time by it); it
 hands unpacked latents on. LTX-Video 0.9.1 and later decode at a timestep: the latents are mixed with
 noise (`decode_noise_scale`) and the VAE is conditioned on `decode_timestep`. That noise is the second
-draw of the row's own generator, after its initial noise, exactly as the plain pipeline draws it; so a
-row's video depends only on its own seed, whichever rows share its decode batch.
+draw of the row's own generator, after its initial noise, exactly as the plain pipeline draws it. 0.9.1's
+decoder also adds noise of its own, from torch's global random state and the same for a whole batch:
+such rows are decoded one at a time with that state seeded from the row's seed (the plain pipeline
+called right after `torch.manual_seed(seed)` makes the same video). Either way a row's video depends
+only on its own seed, whichever rows share its decode batch.
 """
 
 from __future__ import annotations
@@ -36,13 +39,6 @@ class LTXVideo(StandardFamily):
     extra_parameters = {DECODE_TIMESTEP: (float, 0.03), DECODE_NOISE_SCALE: (float, 0.025)}
     stage_components = {"encode": ("tokenizer", "text_encoder"), "denoise": ("transformer", "scheduler"),
                         "decode": ("vae",)}
-
-    def unsupported_reason(self) -> str | None:
-        if any(self.component_config("vae").get("decoder_inject_noise", ())):
-            return ("its VAE decoder adds noise from torch's global random state, shared by a batch "
-                    "(decoder_inject_noise), so no row's seed would decide its video; use an LTX-Video checkpoint "
-                    "whose VAE config has decoder_inject_noise all false (0.9.5 and later)")
-        return None
 
     def conditioning_columns(self) -> tuple[str, ...]:
         return (PROMPT_EMBEDS, PROMPT_ATTENTION_MASK, NEGATIVE_PROMPT_EMBEDS, NEGATIVE_PROMPT_ATTENTION_MASK)
@@ -131,6 +127,19 @@ class LTXVideo(StandardFamily):
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch
+
+        if not any(self.vae.config.decoder_inject_noise):
+            return self._decode(latents, requests)
+        devices = [self.vae.device] if self.vae.device.type == "cuda" else []
+        frames = []
+        for row, request in enumerate(requests):
+            with torch.random.fork_rng(devices=devices):
+                torch.manual_seed(request.seed)
+                frames.append(self._decode(latents[row:row + 1], [request]))
+        return np.concatenate(frames)
+
+    def _decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
+        import torch
         from diffusers import LTXPipeline
 
         vae = self.vae
@@ -146,6 +155,13 @@ class LTXVideo(StandardFamily):
             video = vae.decode(x.to(vae.dtype), timestep, return_dict=False)[0]
             frames = self.video_processor.postprocess_video(video, output_type="np")
         return np.asarray(frames, dtype=np.float32)
+
+    def reference_generate(self, pipe, request: Request) -> np.ndarray:
+        import torch
+
+        with torch.random.fork_rng():
+            torch.manual_seed(request.seed)  # the global state 0.9.1's decoder draws its noise from
+            return super().reference_generate(pipe, request)
 
     def reference_kwargs(self, request: Request) -> dict[str, Any]:
         return {**super().reference_kwargs(request), "frame_rate": request.fps}

@@ -376,9 +376,6 @@ def _checkpoint(root: Path, index, folders: dict[str, dict] | None = None) -> Pa
         ({"_class_name": "KandinskyPipeline"}, {},
          "is a KandinskyPipeline, which latentmill has no adapter for; supported pipeline classes: "
          "CogVideoXPipeline, FluxPipeline, "),
-        ({"_class_name": "LTXPipeline", "vae": ["diffusers", "AutoencoderKLLTXVideo"]},
-         {"vae": {"decoder_inject_noise": [True, True, True, False, False]}},
-         "cannot run: its VAE decoder adds noise from torch's global random state"),
         ({"_class_name": "FluxPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"],
           "vae": ["diffusers", "AutoencoderKL"]}, {"vae": {}},
          "is incomplete: component folder(s) transformer named in"),
@@ -387,7 +384,7 @@ def _checkpoint(root: Path, index, folders: dict[str, dict] | None = None) -> Pa
         ({"_class_name": "StableDiffusionPipeline", "_latentmill_defaults": [64]}, {},
          "_latentmill_defaults must be a mapping of generation defaults"),
     ],
-    ids=["unsupported-class", "ltx-decoder-noise", "missing-component", "index-is-a-list", "class-name-is-a-list",
+    ids=["unsupported-class", "missing-component", "index-is-a-list", "class-name-is-a-list",
          "defaults-are-a-list"],
 )
 def test_checkpoints_that_cannot_run_stop_before_anything_starts(tmp_path, capsys, index, folders, message):

@@ -9,12 +9,13 @@ from latentmill.models.tiny_builds.tokenizers import train_t5_tokenizer
 
 
 def build_tiny_ltx(dest: Path) -> None:
-    """Write a tiny LTX-Video checkpoint to `dest`.
+    """Write a tiny LTX-Video 0.9.1 checkpoint to `dest`.
 
     The real VAE's compression (a 4x4 pixel patchify and three 2x space-time downsamplings: 32x spatial,
-    8x temporal) with its timestep-conditioned decoder (LTX-Video 0.9.1 and later: decode_timestep and
-    decode noise), seeded latents_mean/std (not 0 and 1, so a skipped normalisation shows); a T5 v1.1
-    encoder and a one-layer LTX transformer over 8 latent channels (the real one has 128).
+    8x temporal) and 0.9.1's decoder: timestep-conditioned (decode_timestep and decode noise), noise
+    injected inside it, residual upsamplers; seeded latents_mean/std (not 0 and 1, so a skipped
+    normalisation shows); a T5 v1.1 encoder and a one-layer LTX transformer over 8 latent channels (the
+    real one has 128).
     """
     import torch
     from diffusers import (AutoencoderKLLTXVideo, FlowMatchEulerDiscreteScheduler, LTXPipeline,
@@ -56,17 +57,24 @@ def build_tiny_ltx(dest: Path) -> None:
         vae = AutoencoderKLLTXVideo(
             latent_channels=latent_channels,
             block_out_channels=(8, 8, 8, 8),
-            decoder_block_out_channels=(8, 8, 8, 8),
+            decoder_block_out_channels=(8, 16, 32),
             layers_per_block=(1, 1, 1, 1, 1),
-            decoder_layers_per_block=(1, 1, 1, 1, 1),
+            decoder_layers_per_block=(1, 1, 1, 1),
             spatio_temporal_scaling=(True, True, True, False),
-            decoder_spatio_temporal_scaling=(True, True, True, False),
+            decoder_spatio_temporal_scaling=(True, True, True),
+            decoder_inject_noise=(True, True, True, False),
+            upsample_residual=(True, True, True),
+            upsample_factor=(2, 2, 2),
             patch_size=4,
             patch_size_t=1,
             timestep_conditioning=True,
             encoder_causal=True,
             decoder_causal=False,
         )
+        with torch.no_grad():
+            for name, parameter in vae.named_parameters():
+                if "per_channel_scale" in name:  # zeros at initialisation: make the injected noise show
+                    parameter.copy_(torch.rand_like(parameter) * 0.5)
         vae.latents_mean.copy_(torch.randn(latent_channels) * 0.5)
         vae.latents_std.copy_(0.5 + torch.rand(latent_channels) * 2)
     scheduler = FlowMatchEulerDiscreteScheduler(
