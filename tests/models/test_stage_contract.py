@@ -127,3 +127,38 @@ def test_stages_in_isolation_equal_plain_diffusers(name):
     # The same row alone, and among other batch mates, gives the same result.
     alone, _, _ = run_stages(ref, [requests[1]])
     assert np.abs(alone[0] - frames[1]).max() <= 1e-4
+
+
+def test_ltx_decoder_without_its_own_noise_decodes_a_batch_as_plain_diffusers(tmp_path):
+    """LTX-Video 0.9.5 and later add no noise inside the decoder: a decode batch is one VAE call whose
+    rows equal plain diffusers' and the same rows decoded alone."""
+    import json
+    import shutil
+
+    from latentmill.models import materialize
+
+    model = tmp_path / "ltx"
+    shutil.copytree(materialize("builtin:tiny-ltx"), model)
+    config_file = model / "vae" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["decoder_inject_noise"] = [False] * len(config["decoder_inject_noise"])
+    config_file.write_text(json.dumps(config))
+    ref = resolve_model(str(model))
+    family = ref.family()
+    requests = requests_for(family, "tiny-ltx")[:2]
+    alone, _, _ = run_stages(ref, requests)
+
+    encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
+    device, dtype = encoder.prepare_runtime(0, "float32", 1)
+    encoder.load_encoder(device, dtype)
+    denoiser.load_denoiser(device, dtype)
+    decoder.load_decoder(device, dtype)
+    encoded = encoder.encode(requests)
+    latents = np.stack(denoiser.denoise(requests, encoded.tensors))
+    batched = decoder.decode(latents, requests)
+    assert np.abs(batched - alone).max() <= 1e-4
+
+    pipe = family.reference_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    for request, got in zip(requests, batched):
+        assert np.abs(got - family.reference_generate(pipe, request)).max() <= 2 / 255, request.id
