@@ -149,7 +149,7 @@ class LTXVideo(StandardFamily):
             timestep = None
             if vae.config.timestep_conditioning:
                 noise = torch.cat([self.decode_noise(r) for r in requests]).to(x.device)
-                timestep = torch.tensor([r.extra(DECODE_TIMESTEP) for r in requests], device=x.device)
+                timestep = torch.tensor([r.extra(DECODE_TIMESTEP) for r in requests], device=x.device, dtype=vae.dtype)
                 scale = torch.tensor([r.extra(DECODE_NOISE_SCALE) for r in requests], device=x.device)
                 x = (1 - scale[:, None, None, None, None]) * x + scale[:, None, None, None, None] * noise
             video = vae.decode(x.to(vae.dtype), timestep, return_dict=False)[0]
