@@ -258,6 +258,8 @@ def _loaded_components(family: type[Family], components: dict[str, tuple[str, st
 def _component_kind(class_name: str) -> str:
     if "Scheduler" in class_name:
         return "scheduler"
+    if class_name.endswith("Guidance"):  # diffusers guiders (ClassifierFreeGuidance, ...): a config only
+        return "guider"
     if "Tokenizer" in class_name:
         return "tokenizer"
     if class_name.endswith(("Processor", "FeatureExtractor")):
@@ -284,6 +286,8 @@ def _component_problem(folder: Path, spec: tuple[str, str], allow_pickle: bool) 
     kind = _component_kind(class_name)
     if kind == "scheduler":
         return _json_problem(folder / "scheduler_config.json")
+    if kind == "guider":
+        return _json_problem(folder / "guider_config.json")
     if kind in ("tokenizer", "processor"):
         expected = TOKENIZER_FILES if kind == "tokenizer" else PROCESSOR_FILES
         if not any((folder / name).exists() for name in expected):

@@ -77,8 +77,12 @@ class Family:
         return self.configs[component]
 
     def vae_scale_factor(self) -> int:
-        """Pixels per latent along each side, from an AutoencoderKL's config (2 ** (levels - 1))."""
-        return 2 ** (len(self.component_config("vae")["block_out_channels"]) - 1)
+        """Pixels per latent along each side: an AutoencoderKL's 2 ** (levels - 1), a Wan-layout VAE's
+        (Qwen-Image's) 2 ** its downsamplings."""
+        config = self.component_config("vae")
+        if "temperal_downsample" in config:
+            return 2 ** len(config["temperal_downsample"])
+        return 2 ** (len(config["block_out_channels"]) - 1)
 
     def latent_channels(self) -> int | None:
         """Channels of the VAE's latent space (None when the checkpoint has no VAE config)."""
@@ -215,6 +219,11 @@ class Family:
             kwargs["num_frames"] = request.num_frames
         return kwargs
 
+    def reference_guidance(self, pipe, request: Request) -> dict[str, Any]:
+        """The row's guidance for the plain pipeline: its call's argument (or, for a pipeline with a
+        guider component, a guider set to it)."""
+        return {"guidance_scale": request.guidance_scale}
+
     def reference_generate(self, pipe, request: Request) -> np.ndarray:
         """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
         import numpy as np
@@ -225,13 +234,21 @@ class Family:
             height=request.height,
             width=request.width,
             num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
             generator=cpu_generator(request.seed),
             output_type="np",
         )
-        output = pipe(**{**kwargs, **self.reference_kwargs(request)})
+        output = pipe(**{**kwargs, **self.reference_guidance(pipe, request), **self.reference_kwargs(request)})
         frames = output.frames[0] if self.is_video else output.images[0][None]
         return np.asarray(frames, dtype=np.float32)
+
+
+def frame_count_problem(num_frames: int, step: int) -> str | None:
+    """Why a video model that makes step * k + 1 frames (a temporal VAE's compression, or a multiple
+    of it) cannot make `num_frames`, naming the nearest valid counts; or None."""
+    if (num_frames - 1) % step == 0:
+        return None
+    below = (num_frames - 1) // step * step + 1
+    return f"num_frames {num_frames} must be {step}k+1 for this model; use {below} or {below + step}"
 
 
 def quiet_libraries() -> None:

@@ -52,9 +52,10 @@ class ModularFamily(Family):
         return self.blocks.sub_blocks[STAGE_BLOCKS[stage]]
 
     def stage_components(self, stage: str) -> list[str]:
-        """The checkpoint components a stage's actor loads: its sub-block's pretrained components."""
+        """The checkpoint components a stage's actor loads: its sub-block's components that the checkpoint
+        holds (pretrained ones, and configured ones it ships, e.g. a guider with the model's guidance)."""
         specs = self.stage_block(stage).expected_components
-        return [spec.name for spec in specs if spec.default_creation_method == "from_pretrained" and spec.name in self.index]
+        return [spec.name for spec in specs if spec.name in self.index]
 
     def conditioning_columns(self) -> tuple[str, ...]:
         produced = [output.name for output in self.stage_block(schema.STAGE_ENCODE).intermediate_outputs]
@@ -219,9 +220,9 @@ class ModularFamily(Family):
             if any(row is None for row in rows):
                 continue  # e.g. negatives of rows without guidance: the group has none
             if name in self.list_columns:
-                kwargs[name] = [_to_stage(tensors.to_torch(row), pipe.device, self.denoise_dtype) for row in rows]
+                kwargs[name] = [tensors.to_stage(tensors.to_torch(row), pipe.device, self.denoise_dtype) for row in rows]
             else:
-                kwargs[name] = _to_stage(tensors.stack_rows(rows), pipe.device, self.denoise_dtype)
+                kwargs[name] = tensors.to_stage(tensors.stack_rows(rows), pipe.device, self.denoise_dtype)
         accepted = set(self.stage_block(schema.STAGE_DENOISE).input_names)
         if schema.GUIDANCE in accepted:
             kwargs[schema.GUIDANCE] = first.guidance_scale
@@ -268,9 +269,3 @@ def _quiet_progress(block) -> None:
         block.set_progress_bar_config(disable=True)
     for sub_block in getattr(block, "sub_blocks", {}).values():
         _quiet_progress(sub_block)
-
-
-def _to_stage(value, device, dtype):
-    """On the stage's device; floating-point tensors in its dtype, masks as they are."""
-    value = value.to(device)
-    return value.to(dtype) if value.is_floating_point() else value

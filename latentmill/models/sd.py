@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latentmill.models.standard import StandardFamily
+from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
 from latentmill.rows import Request
 
 
@@ -29,7 +29,9 @@ class StableDiffusion(StandardFamily):
 
     def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe
-        return pipe.encode_prompt(prompts, pipe.device, 1, negative_prompts is not None, negative_prompt=negative_prompts)
+        positive, negative = pipe.encode_prompt(prompts, pipe.device, 1, negative_prompts is not None,
+                                                negative_prompt=negative_prompts)
+        return {PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative}
 
     def load_denoiser(self, device, dtype) -> None:
         super().load_denoiser(device, dtype)

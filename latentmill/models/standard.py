@@ -33,8 +33,9 @@ class StandardFamily(Family):
     def load_encoder(self, device, dtype) -> None:
         self.encode_pipe = load_partial_pipeline(self.model_dir, self.stage_components["encode"], dtype, device)
 
-    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None):
-        """The family pipeline's own prompt encoding -> (positive, negative or None) embeddings."""
+    def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None) -> dict[str, Any]:
+        """The family pipeline's own prompt encoding: a batch tensor per conditioning column (negatives
+        None without `negative_prompts`)."""
         raise NotImplementedError
 
     def max_prompt_tokens(self) -> int:
@@ -43,23 +44,23 @@ class StandardFamily(Family):
     def encode(self, requests: list[Request]) -> EncodedPrompts:
         import torch
 
-        positive: list[np.ndarray | None] = [None] * len(requests)
-        negative: list[np.ndarray | None] = [None] * len(requests)
+        columns: dict[str, list[np.ndarray | None]] = {name: [None] * len(requests)
+                                                       for name in self.conditioning_columns()}
         for with_negative in (True, False):
             rows = [i for i, r in enumerate(requests) if self.needs_negative(r) == with_negative]
             if not rows:
                 continue
             negatives = [requests[i].negative_prompt for i in rows] if with_negative else None
             with torch.inference_mode():
-                pos, neg = self.encode_prompt([requests[i].prompt for i in rows], negatives)
-            for i, value in zip(rows, tensors.rows_of(pos, len(rows))):
-                positive[i] = value
-            if with_negative:
-                for i, value in zip(rows, tensors.rows_of(neg, len(rows))):
-                    negative[i] = value
+                encoded = self.encode_prompt([requests[i].prompt for i in rows], negatives)
+            for name, batch in encoded.items():
+                if batch is None:  # negatives of rows without guidance
+                    continue
+                for i, value in zip(rows, tensors.rows_of(batch, len(rows))):
+                    columns[name][i] = value
         prompts = [r.prompt for r in requests]
         return EncodedPrompts(
-            tensors={PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative},
+            tensors=columns,
             truncated=prompts_truncated(self.encode_pipe.tokenizer, prompts, self.max_prompt_tokens()),
         )
 
@@ -88,6 +89,14 @@ class StandardFamily(Family):
         drawn = torch.randn((1, *self.latent_shape(request)), generator=cpu_generator(request.seed))
         return drawn[0].numpy()
 
+    def pipeline_latents(self, noise, request: Request):
+        """Rows' initial noise (latent_shape's layout) in the form the pipeline takes as `latents`."""
+        return noise
+
+    def final_latents(self, latents, request: Request):
+        """The pipeline's output latents (output_type "latent") as the decode stage takes them."""
+        return latents
+
     def denoise(self, requests, conditioning, noise=None):
         import torch
 
@@ -107,11 +116,11 @@ class StandardFamily(Family):
         embeds = {}
         for name, rows in conditioning.items():
             if all(row is not None for row in rows):
-                embeds[name] = tensors.stack_rows(rows).to(device, dtype)
+                embeds[name] = tensors.to_stage(tensors.stack_rows(rows), device, dtype)
         with torch.inference_mode():
             latents = pipe(
                 **embeds,
-                latents=noise.to(device),
+                latents=self.pipeline_latents(noise, first).to(device),
                 generator=generators,
                 height=first.height,
                 width=first.width,
@@ -121,7 +130,7 @@ class StandardFamily(Family):
                 return_dict=False,
                 **self.denoise_call_kwargs(first),
             )[0]
-        return list(latents.float().cpu().numpy())
+        return list(self.final_latents(latents, first).float().cpu().numpy())
 
     def loaded_modules(self) -> dict[str, Any]:
         import torch

@@ -82,6 +82,12 @@ def stack_rows(rows: list[np.ndarray]) -> torch.Tensor:
     return torch.stack(padded)
 
 
+def to_stage(value: torch.Tensor, device, dtype) -> torch.Tensor:
+    """On the stage's device; floating-point tensors in its dtype, masks and ids as they are."""
+    value = value.to(device)
+    return value.to(dtype) if value.is_floating_point() else value
+
+
 def rows_of(batch: torch.Tensor | list | None, size: int) -> list[np.ndarray | None]:
     """Per-row numpy arrays from a batch tensor (or a list of per-row tensors, or None)."""
     if batch is None:

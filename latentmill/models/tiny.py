@@ -23,12 +23,14 @@ from pathlib import Path
 # Bump when any builder changes its output, so caches built by older code are not reused.
 _VERSION = "v2"
 
-from latentmill.models.tiny_builds import flux, qwen, sd, sd3, sdxl, wan  # noqa: E402 - after _VERSION on purpose
+from latentmill.models.tiny_builds import (  # noqa: E402 - after _VERSION on purpose
+    cogvideox, flux, hunyuan_video15, ltx, qwen, sd, sd3, sdxl, wan)
 
 # name -> (builder, generation defaults). The defaults are valid for the model and take well under a
 # second on a CPU; they are stored in the checkpoint's model_index.json under `_latentmill_defaults`
 # (keys that start with `_` are metadata to diffusers), so a copy of the folder carries them.
-_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen) for name, entry in module.MODELS.items()}
+_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen, ltx, cogvideox, hunyuan_video15)
+             for name, entry in module.MODELS.items()}
 TINY_DEFAULTS: dict[str, dict] = {name: defaults for name, (_, defaults) in _REGISTRY.items()}
 
 

@@ -1,6 +1,8 @@
-"""Wan text-to-video checkpoints (diffusers `WanPipeline`): Wan 2.1, and Wan 2.2 A14B with both experts in
+"""Wan text-to-video checkpoints (diffusers `WanPipeline`): Wan 2.1; Wan 2.2 A14B with both experts in
 the denoise pool's actors (the high-noise `transformer` hands over to the low-noise `transformer_2` at
-`boundary_ratio`, each with its own guidance scale)."""
+`boundary_ratio`, each with its own guidance scale); Wan 2.2 TI2V-5B (`expand_timesteps`: one timestep
+per latent token, and a VAE with 16x spatial compression whose factors the denoise stage must take from
+the checkpoint, as it holds no VAE)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from latentmill.models.standard import StandardFamily
+from latentmill.models.base import frame_count_problem
+from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
 from latentmill.rows import Request
 
 # The length the pipeline's own __call__ pads and truncates prompts to.
@@ -19,7 +22,6 @@ class Wan(StandardFamily):
     name = "wan"
     pipeline_classes = ("WanPipeline",)
     is_video = True
-    defaults = {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 480, "width": 832, "num_frames": 81, "fps": 16.0}
     def two_experts(self) -> bool:
         return bool((self.index.get("transformer_2") or [None])[0]) and self.index.get("boundary_ratio") is not None
 
@@ -33,29 +35,27 @@ class Wan(StandardFamily):
         # The low-noise expert's guidance scale (Wan 2.2 A14B's published setting: 3.0 with 4.0 for the first).
         return {"guidance_scale_2": (float, 3.0)} if self.two_experts() else {}
 
-    def unsupported_reason(self) -> str | None:
-        if self.index.get("expand_timesteps"):
-            return ("it is a Wan 2.2 TI2V-5B checkpoint (expand_timesteps), which latentmill does not run yet; "
-                    "Wan 2.1 and Wan 2.2 A14B WanPipeline checkpoints are supported")
-        return None
+    @property
+    def defaults(self) -> dict[str, Any]:  # type: ignore[override]
+        if self.index.get("expand_timesteps"):  # TI2V-5B's published setting: 704 x 1280, 121 frames at 24 fps
+            return {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 704, "width": 1280, "num_frames": 121,
+                    "fps": 24.0}
+        return {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 480, "width": 832, "num_frames": 81,
+                "fps": 16.0}
 
     def _vae_factors(self) -> tuple[int, int]:
         config = self.component_config("vae")
         return config.get("scale_factor_temporal", 4), config.get("scale_factor_spatial", 8)
 
+    def vae_scale_factor(self) -> int:
+        return self._vae_factors()[1]
+
     def size_multiple(self) -> int:
         patch = self.component_config("transformer")["patch_size"]
-        return max(16, self._vae_factors()[1] * max(patch[1], patch[2]))
+        return max(16, self.vae_scale_factor() * max(patch[1], patch[2]))
 
     def check_request(self, request: Request) -> str | None:
-        temporal = self._vae_factors()[0]
-        if (request.num_frames - 1) % temporal:
-            suggestion = (request.num_frames - 1) // temporal * temporal + 1
-            return (
-                f"num_frames {request.num_frames} must be {temporal}k+1 for this model "
-                f"(e.g. {suggestion} or {suggestion + temporal})"
-            )
-        return super().check_request(request)
+        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
 
     def output_frames(self, request: Request) -> int:
         return request.num_frames
@@ -66,18 +66,25 @@ class Wan(StandardFamily):
         latent_frames = (request.num_frames - 1) // temporal + 1
         return (channels, latent_frames, request.height // spatial, request.width // spatial)
 
+    def load_denoiser(self, device, dtype) -> None:
+        super().load_denoiser(device, dtype)
+        # Without its VAE the pipeline would assume 4x temporal and 8x spatial; use the checkpoint's own.
+        pipe = self.denoise_pipe
+        pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial = self._vae_factors()
+
     def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
         return {"num_frames": request.num_frames, **dict(request.extras)}
 
     def encode_prompt(self, prompts, negative_prompts):
         pipe = self.encode_pipe
-        return pipe.encode_prompt(
+        positive, negative = pipe.encode_prompt(
             prompt=prompts,
             negative_prompt=negative_prompts,
             do_classifier_free_guidance=negative_prompts is not None,
             max_sequence_length=MAX_SEQUENCE_LENGTH,
             device=pipe.device,
         )
+        return {PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative}
 
     def max_prompt_tokens(self) -> int:
         return MAX_SEQUENCE_LENGTH
@@ -87,7 +94,7 @@ class Wan(StandardFamily):
         from diffusers.video_processor import VideoProcessor
 
         self.vae = AutoencoderKLWan.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
-        self.video_processor = VideoProcessor(vae_scale_factor=self._vae_factors()[1])
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch

@@ -108,6 +108,32 @@ def test_tiny_video_matches_plain_diffusers(ray_local, tmp_path, batch_size):
     check_against_reference(str(tmp_path / "out"), "builtin:tiny-video", 4)
 
 
+# Per video family: rows of different seeds, frame counts, step counts and guidance, mixed in one batch.
+VIDEO_FAMILY_ROWS = {
+    "tiny-wan22-5b": [{}, {"num_frames": 5, "seed": 7}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}],
+    "tiny-ltx": [{}, {"fps": 12.0, "decode_timestep": 0.1}, {"guidance_scale": 1.0, "decode_noise_scale": 0.1},
+                 {"num_frames": 17}],
+    "tiny-cogvideox": [{}, {"num_frames": 17, "seed": 7}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}],
+    "tiny-hunyuan-video15": [{}, {"num_frames": 5, "seed": 7}, {"guidance_scale": 1.0}, {"guidance_scale": 3.0}],
+}
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+@pytest.mark.parametrize("model", sorted(VIDEO_FAMILY_ROWS))
+def test_video_families_match_plain_diffusers(ray_local, tmp_path, model, batch_size):
+    rows = [{"prompt": PROMPTS[i]["prompt"], "negative_prompt": "blurry", "seed": i, **extra}
+            for i, extra in enumerate(VIDEO_FAMILY_ROWS[model])]
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    summary, _ = generate(str(table), str(tmp_path / "out"), model=f"builtin:{model}", batch_size=batch_size,
+                          output={"video_format": "apng"})
+    assert (summary.outputs_written, summary.rows_failed) == (len(rows), 0)
+    manifest = check_against_reference(str(tmp_path / "out"), f"builtin:{model}", len(rows))
+    by_prompt = {row[schema.PROMPT]: row for row in manifest}
+    for given in rows:
+        for name, value in given.items():
+            assert by_prompt[given["prompt"]][name] == value, (model, name)
+
+
 def test_tiny_video_mp4_decodes_to_the_requested_frames(ray_local, tmp_path):
     rows = [{"prompt": "a river", "num_frames": 5}, {"prompt": "a forest"}]
     table = write_table(tmp_path / "prompts.parquet", rows)

@@ -58,6 +58,10 @@ FAMILY_EXTRAS = {
     "tiny-image": {},
     "tiny-video": {},
     "tiny-wan22": {"guidance_scale_2": 2.0},
+    "tiny-wan22-5b": {},
+    "tiny-ltx": {"decode_timestep": 0.1, "decode_noise_scale": 0.05},
+    "tiny-cogvideox": {},
+    "tiny-hunyuan-video15": {},
     "tiny-sdxl": {},
     "tiny-sd3": {},
     "tiny-flux": {"true_cfg_scale": 3.0},
@@ -135,3 +139,38 @@ def test_every_stage_runs_in_bfloat16_as_on_a_gpu(name):
     half, _, _ = run_stages(ref, requests, "bfloat16")
     assert half.shape == full.shape and np.isfinite(half).all()
     assert np.abs(half - full).mean() < 0.05, f"{name}: bfloat16 frames far from float32 ones"
+
+
+def test_ltx_decoder_without_its_own_noise_decodes_a_batch_as_plain_diffusers(tmp_path):
+    """LTX-Video 0.9.5 and later add no noise inside the decoder: a decode batch is one VAE call whose
+    rows equal plain diffusers' and the same rows decoded alone."""
+    import json
+    import shutil
+
+    from latentmill.models import materialize
+
+    model = tmp_path / "ltx"
+    shutil.copytree(materialize("builtin:tiny-ltx"), model)
+    config_file = model / "vae" / "config.json"
+    config = json.loads(config_file.read_text())
+    config["decoder_inject_noise"] = [False] * len(config["decoder_inject_noise"])
+    config_file.write_text(json.dumps(config))
+    ref = resolve_model(str(model))
+    family = ref.family()
+    requests = requests_for(family, "tiny-ltx")[:2]
+    alone, _, _ = run_stages(ref, requests)
+
+    encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
+    device, dtype = encoder.prepare_runtime(0, "float32", 1)
+    encoder.load_encoder(device, dtype)
+    denoiser.load_denoiser(device, dtype)
+    decoder.load_decoder(device, dtype)
+    encoded = encoder.encode(requests)
+    latents = np.stack(denoiser.denoise(requests, encoded.tensors))
+    batched = decoder.decode(latents, requests)
+    assert np.abs(batched - alone).max() <= 1e-4
+
+    pipe = family.reference_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    for request, got in zip(requests, batched):
+        assert np.abs(got - family.reference_generate(pipe, request)).max() <= 2 / 255, request.id

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from latentmill.models import tiny
+from latentmill.models import families, tiny
 
 LONG_PROMPT = " ".join(["a red fox jumping over a lazy dog in the snow"] * 40)
 WORLD_TEXT = "A cat 🐱🚀 naïve café Ünïcödé 東京 مرحبا بالعالم שלום עולם  tabs\tand\nnewlines"
@@ -73,12 +73,13 @@ def test_init_tiny_writes_complete_checkpoints(built):
                 assert list((path / component).glob("tokenizer*.json")), (name, component)
             elif component == "scheduler":
                 assert (path / component / "scheduler_config.json").is_file()
+            elif component == "guider":
+                assert (path / component / "guider_config.json").is_file()
             else:
                 assert list((path / component).glob("*.safetensors")), (name, component)
         # Realistic VAE compression, so a stage that assumes a default factor gets caught.
-        vae = json.loads((path / "vae" / "config.json").read_text())
-        factor = vae.get("scale_factor_spatial") or 2 ** (len(vae.get("block_out_channels") or vae["dim_mult"]) - 1)
-        assert factor in (8, 16), (name, factor)
+        factor = families()[index["_class_name"]](path).vae_scale_factor()
+        assert factor in (8, 16, 32), (name, factor)
 
 
 def test_builds_are_byte_identical(built, tmp_path):

@@ -38,7 +38,7 @@ def rules(family=None, limits=None, **defaults):
     return RowRules(
         prompt_column="prompt",
         id_column="id",
-        defaults=resolve_defaults(GenerationDefaults(**defaults), model_defaults),
+        defaults=resolve_defaults(GenerationDefaults(**defaults), model_defaults, family.extra_parameters),
         job_seed=7,
         limits=limits or Limits(),
         family=family,
@@ -147,6 +147,61 @@ def test_video_frame_rule_comes_from_the_family():
     ok, bad = run([{"prompt": "v", "num_frames": 13}, {"prompt": "v", "num_frames": 12}], row_rules)
     assert ok[schema.ERROR_STAGE] == "" and ok[schema.NUM_FRAMES] == 13
     assert "4k+1" in bad[schema.ERROR_MESSAGE] and "9 or 13" in bad[schema.ERROR_MESSAGE]
+
+
+def wan22_5b_family():
+    family = video_family()
+    family.index["expand_timesteps"] = True
+    family.configs["vae"] = {"scale_factor_temporal": 4, "scale_factor_spatial": 16, "z_dim": 48}
+    return family
+
+
+def ltx_family():
+    from latentmill.models.ltx import LTXVideo
+
+    family = LTXVideo.__new__(LTXVideo)
+    family.index = {"_class_name": "LTXPipeline"}
+    family.configs = {"vae": {"spatio_temporal_scaling": [True, True, True, False], "patch_size": 4,
+                              "patch_size_t": 1, "latent_channels": 128},
+                      "transformer": {"patch_size": 1, "patch_size_t": 1}}
+    return family
+
+
+def cogvideox_family():
+    from latentmill.models.cogvideox import CogVideoX
+
+    family = CogVideoX.__new__(CogVideoX)
+    family.index = {"_class_name": "CogVideoXPipeline"}
+    family.configs = {"vae": {"block_out_channels": [128, 256, 256, 512], "temporal_compression_ratio": 4},
+                      "transformer": {"patch_size": 2, "patch_size_t": 2, "in_channels": 16}}
+    return family
+
+
+def hunyuan_video15_family():
+    from latentmill.models.hunyuan_video15 import HunyuanVideo15
+
+    family = HunyuanVideo15.__new__(HunyuanVideo15)
+    family.index = {"_class_name": "HunyuanVideo15Pipeline"}
+    family.configs = {"vae": {"spatial_compression_ratio": 16, "temporal_compression_ratio": 4, "latent_channels": 32},
+                      "transformer": {"patch_size": 1, "patch_size_t": 1}}
+    return family
+
+
+@pytest.mark.parametrize(("family", "frame_rule", "frame_fix", "size_multiple"), [
+    (wan22_5b_family, "4k+1", "use 9 or 13", 32),
+    (ltx_family, "8k+1", "use 9 or 17", 32),
+    (cogvideox_family, "8k+1", "use 9 or 17", 16),
+    (hunyuan_video15_family, "4k+1", "use 9 or 13", 16),
+])
+def test_video_family_rules_name_the_rule_and_a_valid_value(family, frame_rule, frame_fix, size_multiple):
+    row_rules = rules(family())
+    ok, frames, size = run([{"prompt": "v", "num_frames": 17, "height": 2 * size_multiple},
+                            {"prompt": "v", "num_frames": 12},
+                            {"prompt": "v", "width": size_multiple + 8}], row_rules)
+    assert ok[schema.ERROR_STAGE] == "" and ok[schema.NUM_FRAMES] == 17
+    assert f"num_frames 12 must be {frame_rule}" in frames[schema.ERROR_MESSAGE]
+    assert frame_fix in frames[schema.ERROR_MESSAGE]
+    assert f"round them to a multiple of {size_multiple}" in size[schema.ERROR_MESSAGE]
 
 
 def test_image_rows_ignore_frame_columns():
