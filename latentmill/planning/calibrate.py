@@ -6,6 +6,8 @@ import statistics
 from dataclasses import asdict, dataclass
 from typing import Any, Sequence
 
+import numpy as np
+
 from latentmill.planning.optimise import PlanError, StageCost, fit_stage_cost
 from latentmill.schema import STAGES
 
@@ -46,92 +48,98 @@ def calibrate(
 ) -> Calibration:
     """Time every stage of the model in this process at each batch size; fit t0 and t1.
 
-    `generation` holds GenerationDefaults fields (height, width, num_inference_steps, ...); the rest
-    come from the model's defaults. The decode stage includes media encoding, as in the decode actor.
-    A batch of 1 runs first, untimed, to warm up. Each stage is measured on one whole device (or
-    `threads` CPU threads).
+    The stages are the job's own workers (`actors.stages`), built and called here exactly as their
+    actors call them on a batch of validated rows, so a calibration measures what a run does and cannot
+    drift from it: the encode worker's packing, the denoise worker's grouping, the decode worker's media
+    encoding and write (to a temporary folder). `generation` holds GenerationDefaults fields (height,
+    width, num_inference_steps, ...); the rest come from the model's defaults. A batch of 1 runs first,
+    untimed, to warm up. Each stage is measured on one whole device (or `threads` CPU threads).
     """
+    import shutil
+    import tempfile
     import time
 
-    import numpy as np
+    import pyarrow as pa
 
-    from latentmill.config import GenerationDefaults
-    from latentmill.io import media
+    from latentmill import schema
+    from latentmill.actors.stages import stage_workers
+    from latentmill.config import GenerationDefaults, Limits
+    from latentmill.io.hidden import HiddenOptions
     from latentmill.models import resolve_model
-    from latentmill.pipelines.validate import resolve_defaults
-    from latentmill.rows import Request, request_from
+    from latentmill.pipelines.validate import RowRules, resolve_defaults, validate_batch
 
     model = resolve_model(model_path, storage_options)
     family = model.family()
-    values = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults(),
-                              family.extra_parameters)
-    if not family.is_video:
-        values["num_frames"], values["fps"] = 1, 0.0
+    defaults = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults(),
+                                family.extra_parameters)
+    rules = RowRules(prompt_column="prompt", id_column="id", defaults=defaults, job_seed=0,
+                     limits=Limits(max_height=1 << 16, max_width=1 << 16, max_frames=1 << 16, max_steps=1 << 16),
+                     family=family)
+    prompt = "a photo of a cat sitting on a red sofa in the living room"
 
-    def requests(count: int) -> list[Request]:
-        prompt = "a photo of a cat sitting on a red sofa in the living room"
-        return [request_from({**values, "id": f"calibration-{i}", "prompt": prompt, "seed": i},
-                             tuple(family.extra_parameters)) for i in range(count)]
+    def rows(count: int) -> dict[str, Any]:
+        table = pa.table({"id": [f"calibration-{i}" for i in range(count)], "prompt": [prompt] * count,
+                          "seed": list(range(count))})
+        return validate_batch(table, rules)
 
-    reason = family.check_request(requests(1)[0])
-    if reason:
-        raise PlanError(f"cannot calibrate {model_path}: {reason}")
-    device, torch_dtype = family.prepare_runtime(num_gpus, dtype, threads)
-    load_seconds = {}
-    started = time.perf_counter()
-    family.load_encoder(device, torch_dtype)
-    load_seconds["encode"] = time.perf_counter() - started
-    started = time.perf_counter()
-    family.load_denoiser(device, torch_dtype)
-    load_seconds["denoise"] = time.perf_counter() - started
-    started = time.perf_counter()
-    family.load_decoder(device, torch_dtype)
-    load_seconds["decode"] = time.perf_counter() - started
-    image_format = media_format or ("mp4" if family.is_video else "png")
+    first = rows(1)
+    if first[schema.ERROR_STAGE][0]:
+        raise PlanError(f"cannot calibrate {model_path}: {first[schema.ERROR_MESSAGE][0]}")
+    output = tempfile.mkdtemp(prefix="latentmill-calibration-")
+    formats = {"image_format": "png", "video_format": "mp4"}
+    if media_format:
+        formats["video_format" if family.is_video else "image_format"] = media_format
+    workers = stage_workers()
+    common = {"model": model, "num_gpus": num_gpus, "dtype": dtype, "torch_threads": threads}
+    stages = {
+        schema.STAGE_ENCODE: workers[schema.STAGE_ENCODE](**common),
+        schema.STAGE_DENOISE: workers[schema.STAGE_DENOISE](**common),
+        schema.STAGE_DECODE: workers[schema.STAGE_DECODE](
+            **common, output_uri=output, storage_options=HiddenOptions({}), **formats),
+    }
+    load_seconds = {stage: worker.load_seconds for stage, worker in stages.items()}
+    columns = stages[schema.STAGE_ENCODE].columns
 
-    def run(batch: int) -> tuple[dict[str, float], dict[str, float]]:
-        rows = requests(batch)
-        seconds, sizes = {}, {}
-        t = time.perf_counter()
-        encoded = family.encode(rows)
-        seconds["encode"] = time.perf_counter() - t
-        sizes["encode"] = sum(v.nbytes for rows in encoded.tensors.values() for v in rows if v is not None) / batch
-        t = time.perf_counter()
-        latents = family.denoise(rows, encoded.tensors)
-        seconds["denoise"] = time.perf_counter() - t
-        sizes["denoise"] = sum(np.asarray(v).nbytes for v in latents) / batch
-        t = time.perf_counter()
-        frames = media.to_uint8(family.decode(np.stack([np.asarray(v, dtype=np.float32) for v in latents]), rows))
-        for row, row_frames in zip(rows, frames):
-            if family.is_video:
-                media.encode_video(row_frames, row.fps or 8.0, image_format)
-            else:
-                media.encode_image(row_frames[0], image_format)
-        seconds["decode"] = time.perf_counter() - t
-        sizes["decode"] = 0.0
-        return seconds, sizes
+    def run(batch: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
+        count = len(batch[schema.ID])
+        seconds: dict[str, float] = {}
+        for stage, worker in stages.items():
+            started = time.perf_counter()
+            batch = worker(batch)
+            seconds[stage] = time.perf_counter() - started
+            failed = [str(m) for m in batch[schema.ERROR_MESSAGE] if m]
+            if failed:
+                raise PlanError(f"cannot calibrate {model_path}: the {stage} stage failed: {failed[0]}")
+            if stage == schema.STAGE_ENCODE:
+                encoded = sum(len(value) for name in columns for value in batch[name]) / count
+            elif stage == schema.STAGE_DENOISE:
+                latents = sum(np.asarray(value).nbytes for value in batch[schema.LATENTS]) / count
+        return seconds, {schema.STAGE_ENCODE: encoded, schema.STAGE_DENOISE: latents, schema.STAGE_DECODE: 0.0}
 
-    run(1)  # warm-up: first calls allocate and pick kernels
-    samples: dict[str, list[tuple[int, float]]] = {stage: [] for stage in STAGES}
-    row_bytes: dict[str, float] = {}
-    for batch in sorted(set(batch_sizes)):
-        timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
-        for _ in range(max(1, repeats)):
-            seconds, sizes = run(batch)
-            row_bytes = sizes
+    try:
+        run(first)  # warm-up: first calls allocate and pick kernels
+        samples: dict[str, list[tuple[int, float]]] = {stage: [] for stage in STAGES}
+        row_bytes: dict[str, float] = {}
+        for size in sorted(set(batch_sizes)):
+            timings: dict[str, list[float]] = {stage: [] for stage in STAGES}
+            for _ in range(max(1, repeats)):
+                seconds, row_bytes = run(rows(size))
+                for stage in STAGES:
+                    timings[stage].append(seconds[stage])
             for stage in STAGES:
-                timings[stage].append(seconds[stage])
-        for stage in STAGES:
-            samples[stage].append((batch, statistics.median(timings[stage])))
+                samples[stage].append((size, statistics.median(timings[stage])))
+    finally:
+        shutil.rmtree(output, ignore_errors=True)
     costs = {stage: fit_stage_cost(samples[stage]) for stage in STAGES}
     return Calibration(
         model=model_path,
-        hardware=describe_hardware(device, threads),
+        hardware=describe_hardware(stages[schema.STAGE_DENOISE].device, threads),
         samples=samples,
         costs=costs,
         row_bytes=row_bytes,
         load_seconds=load_seconds,
-        request={k: values[k] for k in ("height", "width", "num_inference_steps", "guidance_scale", "num_frames")},
+        request={k: defaults[k] if k != "num_frames" or family.is_video else 1
+                 for k in ("height", "width", "num_inference_steps", "guidance_scale", "num_frames")},
     )
 
 
