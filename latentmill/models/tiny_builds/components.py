@@ -1,4 +1,4 @@
-"""What the tiny checkpoints share: one small CLIP text-encoder config, one small AutoencoderKL layout."""
+"""What the tiny checkpoints share: small CLIP and T5 text-encoder configs, one small AutoencoderKL layout."""
 
 from __future__ import annotations
 
@@ -22,6 +22,24 @@ def clip_text_config(tokenizer, hidden_act: str = "quick_gelu"):
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
         pad_token_id=tokenizer.pad_token_id,
+    )
+
+
+def t5_encoder_settings(tokenizer) -> dict:
+    """A 2-layer, 32-wide T5 v1.1 encoder (gated-GELU feed-forward) for `tokenizer`: the arguments of a
+    T5Config or a UMT5Config."""
+    return dict(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        decoder_start_token_id=tokenizer.pad_token_id,
     )
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import t5_encoder_settings
 from latentmill.models.tiny_builds.qwen import train_qwen_tokenizer
 
 
@@ -44,21 +45,7 @@ def build_tiny_hunyuan_video15(dest: Path) -> None:
             )
         ).eval()
         torch.manual_seed(SEED)
-        text_encoder_2 = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer_2),
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                feed_forward_proj="gated-gelu",
-                dropout_rate=0.0,
-                pad_token_id=tokenizer_2.pad_token_id,
-                eos_token_id=tokenizer_2.eos_token_id,
-                decoder_start_token_id=tokenizer_2.pad_token_id,
-            )
-        ).eval()
+        text_encoder_2 = T5EncoderModel(T5Config(**t5_encoder_settings(tokenizer_2))).eval()
         torch.manual_seed(SEED)
         transformer = HunyuanVideo15Transformer3DModel(
             in_channels=2 * latent_channels + 1,  # latents, condition latents, condition mask

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import t5_encoder_settings
 from latentmill.models.tiny_builds.tokenizers import train_t5_tokenizer
 
 
@@ -26,21 +27,7 @@ def build_tiny_ltx(dest: Path) -> None:
     latent_channels = 8
     with torch.random.fork_rng(devices=[]):  # seeded weights without touching the caller's RNG
         torch.manual_seed(SEED)
-        text_encoder = T5EncoderModel(
-            T5Config(
-                vocab_size=len(tokenizer),
-                d_model=32,
-                d_kv=8,
-                d_ff=64,
-                num_layers=2,
-                num_heads=4,
-                feed_forward_proj="gated-gelu",
-                dropout_rate=0.0,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-                decoder_start_token_id=tokenizer.pad_token_id,
-            )
-        )
+        text_encoder = T5EncoderModel(T5Config(**t5_encoder_settings(tokenizer)))
         torch.manual_seed(SEED)
         transformer = LTXVideoTransformer3DModel(
             in_channels=latent_channels,

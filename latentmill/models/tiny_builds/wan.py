@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from latentmill.models.tiny_builds import SEED
+from latentmill.models.tiny_builds.components import t5_encoder_settings
 from latentmill.models.tiny_builds.tokenizers import train_t5_tokenizer
 
 
@@ -14,21 +15,7 @@ def tiny_umt5(tokenizer):
     """A 2-layer, 32-wide UMT5 encoder for `tokenizer`; weights from the caller's seeded RNG."""
     from transformers import UMT5Config, UMT5EncoderModel
 
-    return UMT5EncoderModel(
-        UMT5Config(
-            vocab_size=len(tokenizer),
-            d_model=32,
-            d_kv=8,
-            d_ff=64,
-            num_layers=2,
-            num_heads=4,
-            feed_forward_proj="gated-gelu",
-            dropout_rate=0.0,
-            pad_token_id=tokenizer.pad_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            decoder_start_token_id=tokenizer.pad_token_id,
-        )
-    )
+    return UMT5EncoderModel(UMT5Config(**t5_encoder_settings(tokenizer)))
 
 
 def tiny_wan_transformer(latent_channels: int):
