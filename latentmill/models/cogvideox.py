@@ -14,11 +14,9 @@ from typing import Any
 import numpy as np
 
 from latentmill.models.base import frame_count_problem
-from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
+from latentmill.models.standard import StandardFamily
 from latentmill.rows import Request
 
-# The length the pipeline's own __call__ pads and truncates prompts to.
-MAX_SEQUENCE_LENGTH = 226
 # Latent frames the VAE decodes together after the first (AutoencoderKLCogVideoX's frame batch).
 DECODED_LATENT_FRAMES = 2
 
@@ -31,6 +29,8 @@ class CogVideoX(StandardFamily):
                 "fps": 8.0}
     stage_components = {"encode": ("tokenizer", "text_encoder"), "denoise": ("transformer", "scheduler"),
                         "decode": ("vae",)}
+    max_sequence_length = 226
+    vae_class = "AutoencoderKLCogVideoX"
 
     def _temporal_factor(self) -> int:
         return self.component_config("vae").get("temporal_compression_ratio", 4)
@@ -72,27 +72,6 @@ class CogVideoX(StandardFamily):
 
     def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
         return {"num_frames": request.num_frames}
-
-    def encode_prompt(self, prompts, negative_prompts):
-        pipe = self.encode_pipe
-        positive, negative = pipe.encode_prompt(
-            prompt=prompts,
-            negative_prompt=negative_prompts,
-            do_classifier_free_guidance=negative_prompts is not None,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=pipe.device,
-        )
-        return {PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative}
-
-    def max_prompt_tokens(self) -> int:
-        return MAX_SEQUENCE_LENGTH
-
-    def load_decoder(self, device, dtype) -> None:
-        from diffusers import AutoencoderKLCogVideoX
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = AutoencoderKLCogVideoX.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
-        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch

@@ -25,8 +25,6 @@ PROMPT_ATTENTION_MASK = "prompt_attention_mask"
 NEGATIVE_PROMPT_ATTENTION_MASK = "negative_prompt_attention_mask"
 DECODE_TIMESTEP = "decode_timestep"
 DECODE_NOISE_SCALE = "decode_noise_scale"
-# The length the pipeline's own __call__ pads and truncates prompts to.
-MAX_SEQUENCE_LENGTH = 128
 
 
 class LTXVideo(StandardFamily):
@@ -39,6 +37,8 @@ class LTXVideo(StandardFamily):
     extra_parameters = {DECODE_TIMESTEP: (float, 0.03), DECODE_NOISE_SCALE: (float, 0.025)}
     stage_components = {"encode": ("tokenizer", "text_encoder"), "denoise": ("transformer", "scheduler"),
                         "decode": ("vae",)}
+    max_sequence_length = 128
+    vae_class = "AutoencoderKLLTXVideo"
 
     def conditioning_columns(self) -> tuple[str, ...]:
         return (PROMPT_EMBEDS, PROMPT_ATTENTION_MASK, NEGATIVE_PROMPT_EMBEDS, NEGATIVE_PROMPT_ATTENTION_MASK)
@@ -94,26 +94,9 @@ class LTXVideo(StandardFamily):
         return {"num_frames": request.num_frames, "frame_rate": request.fps}
 
     def encode_prompt(self, prompts, negative_prompts):
-        pipe = self.encode_pipe
-        positive, positive_mask, negative, negative_mask = pipe.encode_prompt(
-            prompt=prompts,
-            negative_prompt=negative_prompts,
-            do_classifier_free_guidance=negative_prompts is not None,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=pipe.device,
-        )
+        positive, positive_mask, negative, negative_mask = self._pipeline_encode_prompt(prompts, negative_prompts)
         return {PROMPT_EMBEDS: positive, PROMPT_ATTENTION_MASK: positive_mask,
                 NEGATIVE_PROMPT_EMBEDS: negative, NEGATIVE_PROMPT_ATTENTION_MASK: negative_mask}
-
-    def max_prompt_tokens(self) -> int:
-        return MAX_SEQUENCE_LENGTH
-
-    def load_decoder(self, device, dtype) -> None:
-        from diffusers import AutoencoderKLLTXVideo
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = AutoencoderKLLTXVideo.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
-        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def decode_noise(self, request: Request):
         """The noise the plain pipeline mixes into this row's latents before decoding: its generator's

@@ -26,6 +26,10 @@ class StandardFamily(Family):
     interpolates = True
     # Which components each stage loads (names in model_index.json).
     stage_components: ClassVar[dict[str, tuple[str, ...]]]
+    # The length the pipeline's own __call__ pads and truncates prompts to (None: the tokenizer's).
+    max_sequence_length: ClassVar[int | None] = None
+    # A video family's VAE class in diffusers (its decode stage loads that and a VideoProcessor).
+    vae_class: ClassVar[str | None] = None
 
     def conditioning_columns(self) -> tuple[str, ...]:
         return (PROMPT_EMBEDS, NEGATIVE_PROMPT_EMBEDS)
@@ -35,11 +39,30 @@ class StandardFamily(Family):
 
     def encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None) -> dict[str, Any]:
         """The family pipeline's own prompt encoding: a batch tensor per conditioning column (negatives
-        None without `negative_prompts`)."""
-        raise NotImplementedError
+        None without `negative_prompts`). Here: a T5-style `encode_prompt` returning (positive, negative)."""
+        positive, negative = self._pipeline_encode_prompt(prompts, negative_prompts)
+        return {PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative}
+
+    def _pipeline_encode_prompt(self, prompts: list[str], negative_prompts: list[str] | None) -> tuple:
+        pipe = self.encode_pipe
+        return pipe.encode_prompt(
+            prompt=prompts,
+            negative_prompt=negative_prompts,
+            do_classifier_free_guidance=negative_prompts is not None,
+            max_sequence_length=self.max_sequence_length,
+            device=pipe.device,
+        )
 
     def max_prompt_tokens(self) -> int:
-        return self.encode_pipe.tokenizer.model_max_length
+        return self.max_sequence_length or self.encode_pipe.tokenizer.model_max_length
+
+    def load_decoder(self, device, dtype) -> None:
+        import diffusers
+        from diffusers.video_processor import VideoProcessor
+
+        vae_class = getattr(diffusers, self.vae_class)
+        self.vae = vae_class.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
+        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def encode(self, requests: list[Request]) -> EncodedPrompts:
         import torch

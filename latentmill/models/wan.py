@@ -11,17 +11,17 @@ from typing import Any
 import numpy as np
 
 from latentmill.models.base import frame_count_problem
-from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
+from latentmill.models.standard import StandardFamily
 from latentmill.rows import Request
 
-# The length the pipeline's own __call__ pads and truncates prompts to.
-MAX_SEQUENCE_LENGTH = 512
 
 
 class Wan(StandardFamily):
     name = "wan"
     pipeline_classes = ("WanPipeline",)
     is_video = True
+    max_sequence_length = 512
+    vae_class = "AutoencoderKLWan"
     def two_experts(self) -> bool:
         return bool((self.index.get("transformer_2") or [None])[0]) and self.index.get("boundary_ratio") is not None
 
@@ -74,27 +74,6 @@ class Wan(StandardFamily):
 
     def denoise_call_kwargs(self, request: Request) -> dict[str, Any]:
         return {"num_frames": request.num_frames, **dict(request.extras)}
-
-    def encode_prompt(self, prompts, negative_prompts):
-        pipe = self.encode_pipe
-        positive, negative = pipe.encode_prompt(
-            prompt=prompts,
-            negative_prompt=negative_prompts,
-            do_classifier_free_guidance=negative_prompts is not None,
-            max_sequence_length=MAX_SEQUENCE_LENGTH,
-            device=pipe.device,
-        )
-        return {PROMPT_EMBEDS: positive, NEGATIVE_PROMPT_EMBEDS: negative}
-
-    def max_prompt_tokens(self) -> int:
-        return MAX_SEQUENCE_LENGTH
-
-    def load_decoder(self, device, dtype) -> None:
-        from diffusers import AutoencoderKLWan
-        from diffusers.video_processor import VideoProcessor
-
-        self.vae = AutoencoderKLWan.from_pretrained(self.model_dir, subfolder="vae", dtype=dtype).to(device)
-        self.video_processor = VideoProcessor(vae_scale_factor=self.vae_scale_factor())
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         import torch
