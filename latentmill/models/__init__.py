@@ -198,12 +198,10 @@ def resolve_model(path: str, storage_options: dict | None = None, allow_pickle: 
         )
     family = known[pipeline_class]
     try:
-        reason = family(local).unsupported_reason()
+        family(local)  # reads the component configs the stages will read
     except (ValueError, KeyError, TypeError, IndexError, OSError) as exc:  # a config of an unexpected shape
         raise ModelError(f"model {path!r} cannot be read as a {pipeline_class} ({_one_line(exc)}); re-save the "
                          "checkpoint with save_pretrained") from None
-    if reason:
-        raise ModelError(f"model {path!r} cannot run: {reason}")
     pickles = [p for p in local.rglob("*") if p.suffix in PICKLE_SUFFIXES]
     if pickles and not allow_pickle:
         example = pickles[0].relative_to(local)

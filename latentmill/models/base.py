@@ -69,10 +69,6 @@ class Family:
         """The extra per-row parameters' types, by name (for request columns and override checks)."""
         return {name: kind for name, (kind, _) in self.extra_parameters.items()}
 
-    def unsupported_reason(self) -> str | None:
-        """Why a checkpoint of an accepted pipeline class still cannot run, or None."""
-        return None
-
     def component_config(self, component: str) -> dict[str, Any]:
         return self.configs[component]
 
