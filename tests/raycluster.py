@@ -72,6 +72,7 @@ class LocalRayCluster:
         self.nodes: list[RayNode] = []
         self.gcs_port: int | None = None
         self.dashboard_port: int | None = None
+        self._used_ports: set[int] = set()
 
     # ---------------------------------------------------------------- public API
 
@@ -99,7 +100,7 @@ class LocalRayCluster:
 
     def start_head(self, *, num_cpus: float = 2, num_gpus: int = 0, resources: dict[str, float] | None = None,
                    ) -> RayNode:
-        self.gcs_port, self.dashboard_port, client_port = free_ports(3)
+        self.gcs_port, self.dashboard_port, client_port = self._ports(3)
         extra = [
             "--head",
             f"--port={self.gcs_port}",
@@ -184,11 +185,20 @@ class LocalRayCluster:
 
     # ---------------------------------------------------------------- internals
 
+    def _ports(self, n: int) -> list[int]:
+        """Free ports never handed out before in this cluster: a port released after one draw can come
+        back in the next, and two Ray components on one port stop `ray start`."""
+        while True:
+            ports = free_ports(n)
+            if not self._used_ports.intersection(ports):
+                self._used_ports.update(ports)
+                return ports
+
     def _start(self, name: str, extra: list[str], num_cpus: float, num_gpus: int,
                resources: dict[str, float]) -> RayNode:
         names = ("metrics_export", "dashboard_agent_listen", "dashboard_agent_grpc", "runtime_env_agent",
                  "node_manager", "object_manager")
-        ports = dict(zip(names, free_ports(len(names))))
+        ports = dict(zip(names, self._ports(len(names))))
         if "--head" in extra:
             ports["gcs"] = self.gcs_port
             ports["dashboard"] = self.dashboard_port
