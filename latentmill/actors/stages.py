@@ -7,6 +7,7 @@ a batch is retried row by row, so one bad row becomes one error row and its batc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -20,7 +21,7 @@ from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelError, ModelRef, tensors
-from latentmill.rows import Request, request_at
+from latentmill.rows import Request, request_at, unfold_samples
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,9 @@ class TextEncodeWorker(StageWorker):
 
     Each tensor the model declares is a binary column of per-row packed arrays (tensors.pack): any
     count, shape and dtype, and empty where a row has none (failed rows; negatives a row's guidance
-    does not use). Values stay in the encoder's dtype unless `float32` is asked for.
+    does not use). Values stay in the encoder's dtype unless `float32` is asked for. Rows of a batch
+    that differ only in id and seed share one encoding (`encoded` marks the row that ran it), and a
+    prompt row with N samples leaves as N rows (rows.unfold_samples).
     """
 
     stage = schema.STAGE_ENCODE
@@ -159,23 +162,35 @@ class TextEncodeWorker(StageWorker):
         self.family.load_encoder(self.device, self.dtype)
         self.columns = self.family.conditioning_columns()
 
+    def __call__(self, batch):
+        return unfold_samples(super().__call__(batch))
+
     def prepare_output(self, batch):
         out = _copy_without(batch, ())
         size = len(batch[schema.ID])
         for name in self.columns:
             out[name] = np.full(size, b"", dtype=object)
         out[schema.seconds_column(self.stage)] = np.zeros(size)
+        out[schema.ENCODED] = np.zeros(size, dtype=bool)
         return out
 
     def process(self, batch, out, rows):
         self.faults.model_call()
-        encoded = self.family.encode(_requests(self.family, batch, rows))
+        distinct: dict[Request, int] = {}  # what the encoder sees (id and seed aside) -> its position
+        shared = []  # each row's position in `distinct`
+        for request in _requests(self.family, batch, rows):
+            shared.append(distinct.setdefault(dataclasses.replace(request, id="", seed=0), len(distinct)))
+        encoded = self.family.encode(list(distinct))
         for name, values in encoded.tensors.items():
-            for row, value in zip(rows, values):
-                if value is not None and self.conditioning_float32:
-                    value = tensors.as_float32(value)
-                out[name][row] = tensors.pack(value)
-        out[schema.PROMPT_TRUNCATED][rows] = encoded.truncated
+            packed = [tensors.pack(tensors.as_float32(value) if value is not None and self.conditioning_float32
+                                   else value) for value in values]
+            for row, position in zip(rows, shared):
+                out[name][row] = packed[position]
+        out[schema.PROMPT_TRUNCATED][rows] = [encoded.truncated[position] for position in shared]
+        ran_here: dict[int, int] = {}  # position in `distinct` -> the first row that shares it
+        for row, position in zip(rows, shared):
+            ran_here.setdefault(position, row)
+        out[schema.ENCODED][list(ran_here.values())] = True
 
 
 class DenoiseWorker(StageWorker):
@@ -237,10 +252,11 @@ class DecodeWorker(StageWorker):
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
-                 metrics_job: str = DEFAULT_JOB) -> None:
+                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media") -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
+        self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
@@ -343,8 +359,8 @@ class DecodeWorker(StageWorker):
             data = media.encode_image(frames[0], self.image_format)
             extension, mime = media.format_info(self.image_format)
         key = media_key(str(batch[schema.ID][row]), extension)
-        uri = storage.join(self.output_uri, "media", key)
-        storage.put_bytes(self.fs, storage.join(self.root, "media", key), data)
+        uri = storage.join(self.output_uri, self.media_folder, key)
+        storage.put_bytes(self.fs, storage.join(self.root, self.media_folder, key), data)
         out[schema.OUTPUT_URI][row] = uri
         out[schema.BYTES][row] = len(data)
         out[schema.SHA256][row] = hashlib.sha256(data).hexdigest()

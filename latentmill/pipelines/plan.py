@@ -74,6 +74,7 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
                   tiled: bool = False) -> dict[str, Any]:
     """The decode workers' settings: where and how to write, and what saved latents record."""
     from latentmill import __version__
+    from latentmill.io.outputs import media_folder
 
     metadata = None
     if config.output.save_latents:
@@ -86,6 +87,7 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
         "video_format": config.output.video_format,
         "latents_metadata": metadata,
         "tiled": tiled,
+        "media_folder": media_folder(config.output.layout),
     }
 
 
