@@ -296,12 +296,12 @@ def check_kept_columns(config: JobConfig, table_columns: tuple[str, ...], extra_
     own = {*schema.manifest_columns(extra_names, latents=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
            schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
     for name in config.input.keep_columns:
-        if name not in table_columns:
-            raise InputError(f"input.keep_columns names {name!r}, which no file of the prompt table "
-                             f"{config.input.uri} has; check the spelling (--keep-columns)")
         if name in own:
             raise InputError(f"input.keep_columns names {name!r}, which is also a manifest column of latentmill's "
                              f"own; rename the input column (e.g. to 'source_{name}') to keep it")
+        if name not in table_columns:
+            raise InputError(f"input.keep_columns names {name!r}, which no file of the prompt table "
+                             f"{config.input.uri} has; check the spelling (--keep-columns)")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
