@@ -39,6 +39,9 @@ log = logging.getLogger(__name__)
 LAYOUTS = ("files", "webdataset", "parquet")
 SHARDS = "shards"
 STAGING = "staging"
+# What a shard store writes under shards/ (and a local write's temporary file of it): NNNNN.tar,
+# NNNNN.parquet, NNNNN_stats.json.
+SHARD_FILE = re.compile(r"\.?(\d{5,})(?:\.tar|\.parquet|_stats\.json)(?:\..+\.tmp)?")
 STILL_IMAGES = ("image/png", "image/jpeg", "image/webp")
 HF_FEATURES_KEY = b"huggingface"  # Parquet schema metadata from which `datasets` restores column types
 
@@ -64,7 +67,8 @@ def read_table(fs, path: str):
 
 def list_parts(fs, folder: str, pattern: str = r".*\.parquet") -> list[str]:
     try:
-        return sorted(p for p in fs.find(folder) if re.fullmatch(pattern, p.rsplit("/", 1)[-1]))
+        return sorted(p for p in fs.find(folder) if p.rstrip("/") != folder.rstrip("/")
+                      and re.fullmatch(pattern, p.rsplit("/", 1)[-1]))
     except FileNotFoundError:
         return []
 
@@ -170,14 +174,15 @@ class ShardStore(OutputStore):
         shard is written as one object, so a committed shard is complete.
         """
         folder = storage.join(self.root, SHARDS)
-        files = {path.rsplit("/", 1)[-1]: path for path in list_parts(self.fs, folder, r".*")}
+        files = {path.rsplit("/", 1)[-1]: path for path in list_parts(self.fs, folder, SHARD_FILE.pattern)}
         committed = sorted(name[:-len(".parquet")] for name in files
                            if re.fullmatch(r"\d{5,}\.parquet", name)
                            and (self.layout == "parquet" or name.replace(".parquet", ".tar") in files))
-        leftovers = [path for name, path in files.items() if name.split(".")[0].split("_")[0] not in committed]
+        leftovers = [path for name, path in files.items()
+                     if name.endswith(".tmp") or SHARD_FILE.fullmatch(name)[1] not in committed]
         for path in leftovers:
             self.fs.rm_file(path)
-        staged = list_parts(self.fs, storage.join(self.root, STAGING), r".*")
+        staged = list_parts(self.fs, storage.join(self.root, STAGING), r"[^/]+\.[^/]+")
         for path in staged:
             self.fs.rm_file(path)
         if leftovers or staged:

@@ -39,7 +39,7 @@ def read_shards(fs, root: str) -> tuple[list[dict], dict[str, set[str]], list[st
     """Every committed shard's sidecar rows, the members of each key across all tars, and every file
     under shards/ (so a test can see leftovers)."""
     folder = storage.join(root, "shards")
-    files = sorted(fs.find(folder))
+    files = sorted(p for p in fs.find(folder) if p != folder)
     rows, members = [], {}
     for path in files:
         name = path.rsplit("/", 1)[-1]
@@ -67,7 +67,7 @@ def check_webdataset(fs, root: str, expected: set[str]) -> list[dict]:
     assert {f[:-4] + ".parquet" for f in tars} | {f[:-4] + "_stats.json" for f in tars} <= set(files)
     assert len(files) == 3 * len(tars), files
     staging = storage.join(root, "staging")
-    assert not (fs.exists(staging) and fs.find(staging)), "staged media left behind"
+    assert not [p for p in (fs.find(staging) if fs.exists(staging) else []) if p != staging], "staged media left"
     return rows
 
 
@@ -126,43 +126,42 @@ def test_a_kept_column_that_is_missing_or_taken_is_refused_by_name(model_cache, 
             run(str(table), str(tmp_path / "out"), input={"keep_columns": kept})
 
 
-def test_a_driver_killed_mid_run_leaves_no_duplicate_and_the_rerun_completes(ray_local, tmp_path):
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_a_driver_killed_mid_run_leaves_no_duplicate_and_the_rerun_completes(ray_local, request, tmp_path, where):
     """SIGKILL the driver once a shard is committed; the same command then removes the uncommitted shard
     and the staged media, and finishes with every sample in exactly one committed shard."""
     table, expected = prompt_table(tmp_path)
     job = tmp_path / "job.yaml"
     job.write_text("stages:\n" + "".join(f"  {s}: {{batch_size: 2, num_cpus: 0.5, torch_threads: 1}}\n"
                                          for s in ("encode", "denoise", "decode")))
-    out = tmp_path / "out"
-    command = cli_command(job, "--input", str(table), "--output", str(out), "--samples-per-prompt", str(SAMPLES),
+    uri, options = str(tmp_path / "out"), {}
+    if where == "s3":
+        s3 = request.getfixturevalue("s3")
+        uri, options = f"s3://latentmill/runs/killed-{tmp_path.name}", s3.storage_options()
+        job.write_text(job.read_text() + f"storage: {{endpoint_url: '{s3.endpoint_url}', key: '{s3.access_key}', "
+                       f"secret: '{s3.secret_key}'}}\n")
+    fs, root = storage.resolve(uri, options)
+    command = cli_command(job, "--input", str(table), "--output", uri, "--samples-per-prompt", str(SAMPLES),
                           "--layout", "webdataset", "--shard-size", str(SHARD_SIZE))
     driver = subprocess.Popen(command, env=session_env(LATENTMILL_FAULTS="denoise:sleep:0.3"),
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 400
-    while not (out / "shards" / "00000.parquet").exists():
+    while not fs.exists(storage.join(root, "shards", "00000.parquet")):
         assert driver.poll() is None, f"the job ended before it could be killed:\n{driver.stdout.read()[-3000:]}"
         assert time.monotonic() < deadline, "no committed shard after 400 s"
         time.sleep(0.1)
+        fs.invalidate_cache()
     driver.send_signal(signal.SIGKILL)
     driver.communicate(timeout=60)
     time.sleep(2)  # the killed job's actors finish dying
-    committed, _, _ = read_shards(*storage.resolve(str(out)))
+    fs.invalidate_cache()
+    committed, _, _ = read_shards(fs, root)
     assert SHARD_SIZE <= len(committed) < len(expected)
 
     rerun = subprocess.run(command, env=session_env(), capture_output=True, text=True, timeout=600)
     assert rerun.returncode == EXIT_OK, rerun.stdout[-3000:] + rerun.stderr[-3000:]
-    check_webdataset(*storage.resolve(str(out)), expected)
-    summary = json.loads((out / "summary.json").read_text())
-    assert summary["already_done"] == len(committed) and summary["outputs_written"] == 96 - len(committed)
-
-
-def test_webdataset_shards_on_s3(ray_local, s3, tmp_path):
-    table, expected = prompt_table(tmp_path)
-    uri = "s3://latentmill/runs/shards"
-    settings = {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
-    summary = run(str(table), uri, input={"samples_per_prompt": SAMPLES}, storage=settings,
-                  output={"layout": "webdataset", "shard_size": SHARD_SIZE})
-    assert summary.outputs_written == 96
-    fs, root = storage.resolve(uri, s3.storage_options())
+    fs.invalidate_cache()
     rows = check_webdataset(fs, root, expected)
     assert all(row[schema.OUTPUT_URI].startswith(uri + "/shards/") for row in rows)
+    summary = json.loads(fs.cat_file(storage.join(root, "summary.json")))
+    assert summary["already_done"] == len(committed) and summary["outputs_written"] == 96 - len(committed)
