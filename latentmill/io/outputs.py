@@ -150,9 +150,6 @@ class FileStore(OutputStore):
     def add(self, rows):
         self.parts.add(rows)
 
-    def overdue(self) -> bool:
-        return self.parts.overdue()
-
     def commit(self):
         self.parts.flush()
 

@@ -3,7 +3,6 @@ samples and unfolds them with their own ids, seeds and states."""
 
 from __future__ import annotations
 
-import io
 import json
 import tarfile
 
