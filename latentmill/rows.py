@@ -129,14 +129,19 @@ def fold_samples(columns: dict[str, np.ndarray], groups: list[list[int]]) -> dic
 def unfold_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Prompt rows -> one row per sample, each sharing its prompt row's conditioning; the inverse of
     `fold_samples`. A sample takes its own state, else its prompt row's (an encode error fails every
-    sample); only a prompt's first pending sample keeps `encoded` true. Batches without `samples` pass."""
+    sample); only a prompt's first pending sample keeps `encoded` true, and each sample gets 1/N of the
+    prompt's encode seconds. Batches without `samples` pass."""
     import json
 
     if schema.SAMPLES not in batch:
         return batch
     samples = [json.loads(text) for text in batch[schema.SAMPLES]]
-    index = np.repeat(np.arange(len(samples)), [len(row) for row in samples])
+    counts = np.array([len(row) for row in samples])
+    index = np.repeat(np.arange(len(samples)), counts)
     out = {name: np.asarray(values)[index] for name, values in batch.items() if name != schema.SAMPLES}
+    encode_seconds = schema.seconds_column(schema.STAGE_ENCODE)
+    if encode_seconds in out:  # each sample's share of its prompt's encoding, so the shares still add up
+        out[encode_seconds] = out[encode_seconds] / counts[index]
     position = 0
     for row, row_samples in enumerate(samples):
         counted = False

@@ -35,6 +35,8 @@ class RunSummary:
     rows_failed: int = 0
     prompts_encoded: int = 0  # text encoder runs: samples of one prompt, and equal prompts in a batch, share one
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    bytes_written: int = 0  # media bytes of this run's outputs
+    seconds_by_stage: dict[str, float] = field(default_factory=dict)  # sum of the outputs' per-row stage seconds
     resumed: bool = False
     budget_exceeded: bool = False
     wall_seconds: float = 0.0
@@ -144,6 +146,10 @@ class ResultWriter:
                 row.update(self.static)
                 outputs.append(row)
                 summary.outputs_written += 1
+                summary.bytes_written += int(row.get(schema.BYTES) or 0)
+                for stage in schema.STAGES:
+                    seconds = float(row.get(schema.seconds_column(stage)) or 0.0)
+                    summary.seconds_by_stage[stage] = summary.seconds_by_stage.get(stage, 0.0) + seconds
         self.store.add(outputs)
         self.errors.add(errors)
 
@@ -403,10 +409,32 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     try:
         writer.write_json(f"runs/{run_id}.json", payload)
         writer.write_json("summary.json", payload)
+        writer.write_json("stats.json", dataset_stats(summary, config))
     except StorageError as exc:
         raise JobError(f"storage failed, job stopped: {exc}") from None
     job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
+
+
+def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
+    """DEST/stats.json: what the output holds after this run and what this run cost, for whoever reads the
+    dataset (summary.json has the run's full accounting and config)."""
+    import shlex
+    import sys
+
+    return {
+        "samples": summary.outputs_written + summary.already_done,
+        "samples_written": summary.outputs_written,
+        "failed": summary.rows_failed,
+        "failed_by_stage": summary.failed_by_stage,
+        "bytes_written": summary.bytes_written,
+        "seconds_by_stage": {stage: round(seconds, 3) for stage, seconds in summary.seconds_by_stage.items()},
+        "wall_seconds": round(summary.wall_seconds, 3),
+        "prompts_encoded": summary.prompts_encoded,
+        "layout": config.output.layout,
+        "run_id": summary.run_id,
+        "command": shlex.join(sys.argv),
+    }
 
 
 def _absolute_output(config: JobConfig) -> JobConfig:

@@ -116,6 +116,11 @@ def test_a_sharded_dataset_reads_back_with_the_readers_users_use(ray_local, tmp_
         assert dataset[0]["image"].size == (dataset[0]["width"], dataset[0]["height"])
     first = json.loads((out / "shards" / "00000_stats.json").read_text())
     assert (first["samples"], first["layout"]) == (SHARD_SIZE, layout)
+    stats = json.loads((out / "stats.json").read_text())
+    assert (stats["samples"], stats["failed"], stats["prompts_encoded"], stats["layout"]) == (96, 0, ROWS, layout)
+    assert stats["bytes_written"] == summary.bytes_written > 0 and stats["command"]
+    assert set(stats["seconds_by_stage"]) == {"encode", "denoise", "decode"}
+    assert all(seconds > 0 for seconds in stats["seconds_by_stage"].values())
 
 
 def test_a_kept_column_that_is_missing_or_taken_is_refused_by_name(model_cache, tmp_path):

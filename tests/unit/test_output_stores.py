@@ -94,9 +94,11 @@ def test_samples_fold_into_one_prompt_row_and_unfold_with_their_own_state():
     assert list(folded[schema.ID]) == ["a-s1", "b"]  # the first sample that still needs work
     folded[schema.ENCODED] = np.array([True, True])
     folded["conditioning"] = np.array([b"A", b"B"], dtype=object)
+    folded["encode_seconds"] = np.array([0.3, 0.5])
     out = unfold_samples(folded)
     assert list(out[schema.ID]) == ["a-s0", "a-s1", "a-s2", "b"]
     assert list(out[schema.SEED]) == [10, 11, 12, 20] and list(out[schema.SAMPLE_INDEX]) == [0, 1, 2, 0]
     assert list(out[schema.ERROR_STAGE]) == [schema.ALREADY_DONE, "", "", ""]
     assert list(out["conditioning"]) == [b"A", b"A", b"A", b"B"]
     assert list(out[schema.ENCODED]) == [False, True, False, True]  # one encoding per prompt
+    assert out["encode_seconds"].tolist() == pytest.approx([0.1, 0.1, 0.1, 0.5])
