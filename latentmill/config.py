@@ -334,6 +334,21 @@ class DecodeSettings(_Strict):
     tiling: bool = Field(False, description="Tiled and sliced VAE decoding from the start (less memory, slower).")
 
 
+class QualitySettings(_Strict):
+    """A quality gate: a rejected sample is generated again with the next seed derived from its last one."""
+
+    reject_nonfinite: bool = Field(False, description="Regenerate a sample whose latents are NaN or infinite "
+                                   "(otherwise an error row).")
+    reject_blank: bool = Field(False, description="Regenerate a sample whose decoded frames are blank (one flat "
+                               "colour).")
+    max_attempts: int = Field(3, ge=1, description="Attempts per sample, the first included; past them the sample "
+                              "is an error row.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.reject_nonfinite or self.reject_blank
+
+
 def parse_budget(value: str | float | int | None) -> float | int | None:
     """`10` -> 10 rows, `0.05` or `5%` -> that fraction of the rows read."""
     if value is None or isinstance(value, (int, float)):
@@ -357,6 +372,7 @@ class JobConfig(_Strict):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     decode: DecodeSettings | None = Field(None, description="Set by `latentmill decode`: decode saved latents.")
     interpolate: InterpolateSettings | None = Field(None, description="Set by `latentmill interpolate`.")
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     max_failed: int | float | None = Field(
         None,
         description="Error budget: a count (10) or a fraction of rows read (0.05); past it the job exits 3.",

@@ -83,6 +83,7 @@ def empty_request_columns(size: int, extra_types: Mapping[str, type] = {}) -> di
     columns[schema.SAMPLE_INDEX] = np.zeros(size, dtype=np.int64)
     columns[schema.PROMPT_TRUNCATED] = np.zeros(size, dtype=bool)
     columns[schema.INPUT_ROW] = _empty(size, object)
+    columns[schema.ATTEMPT] = np.zeros(size, dtype=np.int64)
     for name in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
         columns[name] = np.full(size, "", dtype=object)
     return columns

@@ -23,6 +23,7 @@ INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows
 # With N samples per prompt, validation emits one row per prompt whose SAMPLES (JSON) lists each sample's
 # id, seed, index and state; the encode stage encodes the prompt once and expands the row into its samples.
 SAMPLES = "samples"
+ATTEMPT = "attempt"  # 0, or how many times the quality gate had the sample generated again (each with a new seed)
 ENCODED = "encoded"  # True on the one row whose text encoding ran; rows that reuse that encoding have False
 
 # The request's columns and their types (rows.Request has one field per column).

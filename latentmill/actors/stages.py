@@ -102,6 +102,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
+class BlankImage(ValueError):
+    """Decoded frames of one flat colour (the quality gate's reject_blank)."""
+
+
+def is_blank(frames: np.ndarray) -> bool:
+    """uint8 frames whose pixels all lie within 2 levels of each other."""
+    return int(frames.max()) - int(frames.min()) <= 2
+
+
+def is_retry(batch: dict[str, np.ndarray], row: int) -> bool:
+    """Whether the row is the quality gate's second or later attempt (injected faults hit first attempts)."""
+    return schema.ATTEMPT in batch and int(batch[schema.ATTEMPT][row]) > 0
+
+
 def mark_error(out: dict[str, np.ndarray], row: int, stage: str, exc: BaseException) -> None:
     out[schema.ERROR_STAGE][row] = stage
     out[schema.ERROR_TYPE][row] = type(exc).__name__
@@ -230,7 +244,7 @@ class DenoiseWorker(StageWorker):
         self.faults.model_call()
         latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
         for row, value in zip(rows, latents):
-            if self.faults.poisoned(str(batch[schema.ID][row])):
+            if self.faults.poisoned(str(batch[schema.ID][row])) and not is_retry(batch, row):
                 value[...] = np.nan
         for row, value in zip(rows, latents):
             if not np.isfinite(value).all():
@@ -252,11 +266,12 @@ class DecodeWorker(StageWorker):
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
-                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media") -> None:
+                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
         self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
+        self.reject_blank = reject_blank
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
@@ -334,6 +349,11 @@ class DecodeWorker(StageWorker):
             decoded = self.family.decode(latents, requests)
         frames = media.to_uint8(decoded)
         for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
+            if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
+                row_frames[...] = 0
+            if self.reject_blank and is_blank(row_frames):
+                mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
+                continue
             self._write(batch, out, row, row_frames)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, row_latents, request)

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from latentmill import __version__, schema
-from latentmill.config import JobConfig
+from latentmill.config import JobConfig, QualitySettings
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +91,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         del decisive["input"]["keep_columns"]
     if config.output.layout != "files":
         decisive["layout"] = config.output.layout
+    if config.quality.enabled:
+        decisive["quality"] = config.quality.model_dump(mode="json")
     if config.stages.conditioning_dtype != "encoder":
         decisive["conditioning_dtype"] = config.stages.conditioning_dtype
     if config.output.save_latents:
@@ -102,20 +104,32 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
+REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
+              "reject_blank": (schema.STAGE_DECODE, "BlankImage")}
+
+
 class ResultWriter:
     """Accounts for every result row: outputs go to the output store (its layout decides how), error rows
-    to Parquet parts under errors/."""
+    to Parquet parts under errors/, and rows the quality gate rejects to `retries` (their next attempt)."""
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
                  flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
                  latents: bool = False, more_columns: tuple[str, ...] = (), layout: str = "files",
-                 shard_size: int = 1000) -> None:
+                 shard_size: int = 1000, quality: QualitySettings | None = None) -> None:
         from latentmill.io import storage
         from latentmill.io.outputs import ParquetParts, open_store
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.static = run_id, static
-        columns = (*schema.manifest_columns(extra_names, latents), *more_columns)
+        quality = quality or QualitySettings()
+        self.rejected = {rejection for check, rejection in REJECTIONS.items() if getattr(quality, check)}
+        self.max_attempts = quality.max_attempts
+        self.retries: list[dict[str, Any]] = []
+        self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
+                                schema.ATTEMPT, *more_columns)
+        columns = (*schema.manifest_columns(extra_names, latents), *more_columns,
+                   *((schema.ATTEMPT,) if quality.enabled else ()))
         self.store = open_store(layout, self.fs, self.root, output_uri, run_id, columns, shard_size=shard_size,
                                 rows_per_part=rows_per_part, flush_seconds=flush_seconds)
         self.errors = ParquetParts(self.fs, storage.join(self.root, "errors"), run_id, schema.ERROR_COLUMNS,
@@ -126,6 +140,9 @@ class ResultWriter:
         outputs, errors = [], []
         for index in range(len(batch[schema.ID])):
             stage = batch[schema.ERROR_STAGE][index]
+            if self._rejected(batch, index):
+                self.retries.append(self._next_attempt(batch, index))
+                continue  # accounted for when its next attempt comes back
             if batch[schema.SAMPLE_INDEX][index] == 0:
                 summary.rows_read += 1
             summary.requests += 1
@@ -156,6 +173,22 @@ class ResultWriter:
     def close(self) -> None:
         self.errors.flush()
         self.store.commit()
+
+    def _rejected(self, batch: dict[str, Any], index: int) -> bool:
+        stage, kind = batch[schema.ERROR_STAGE][index], batch[schema.ERROR_TYPE][index]
+        attempt = int(batch[schema.ATTEMPT][index]) if schema.ATTEMPT in batch else 0
+        return (stage, kind) in self.rejected and attempt + 1 < self.max_attempts
+
+    def _next_attempt(self, batch: dict[str, Any], index: int) -> dict[str, Any]:
+        """The rejected row as a request again, with the next seed derived from its last one."""
+        from latentmill.pipelines.validate import derived_seed
+
+        row = {name: _plain(batch[name][index]) for name in self.request_columns if name in batch}
+        row[schema.ATTEMPT] += 1
+        row[schema.SEED] = derived_seed(row[schema.SEED], row[schema.ID])
+        row.update({schema.PROMPT_TRUNCATED: False, schema.ERROR_STAGE: "", schema.ERROR_TYPE: "",
+                    schema.ERROR_MESSAGE: ""})
+        return row
 
     def remove_parts(self, paths: list[str]) -> None:
         for path in paths:
@@ -362,7 +395,8 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
                           config.output.manifest_flush_seconds, static, tuple(family.extra_parameters),
                           latents=config.output.save_latents or config.decode is not None,
                           more_columns=config.input.keep_columns, layout=config.output.layout,
-                          shard_size=config.output.shard_size)
+                          shard_size=config.output.shard_size,
+                          quality=config.quality if config.decode is None else None)
     try:
         summary.resumed = check_job_record(
             writer.fs, writer.root, fingerprint,
@@ -524,7 +558,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines.ledger import start_ledger
-    from latentmill.pipelines.plan import build_dataset
+    from latentmill.pipelines.plan import build_dataset, build_retry_dataset
     from latentmill.pipelines.redecode import build_decode_dataset
     from latentmill.pipelines.resources import (ResourcesPending, check_cluster, cluster_view, pending_watch,
                                                 pool_demands)
@@ -557,10 +591,11 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
         dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
     else:  # a source manifest's ids are unique: no ledger needed
         dataset = build_decode_dataset(config, table, rules, model, options, done=done)
-    # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
     workers = {stage: worker.__name__ for stage, worker in stage_workers().items()}
-    dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
-    try:
+
+    def consume(dataset) -> None:
+        # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
+        dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
             job_metrics.record_results(batch)
@@ -568,6 +603,13 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
                 summary.seconds_to_first_output = time.perf_counter() - started
             if on_progress:
                 on_progress(summary)
+
+    try:
+        consume(dataset)
+        while writer.retries:  # the quality gate rejected these: each gets its next attempt
+            retries, writer.retries = writer.retries, []
+            log.info("quality gate: generating %d rejected sample(s) again, each with a new seed", len(retries))
+            consume(build_retry_dataset(config, retries, rules, model, options))
     except Exception as exc:  # noqa: BLE001 - Ray wraps the cause; report it, not Ray's traceback
         try:
             writer.close()  # keep what finished: a re-run resumes from it

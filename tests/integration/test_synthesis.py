@@ -20,7 +20,7 @@ from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_OK
 from latentmill.pipelines.job import JobError
 from tests.helpers import write_table
-from tests.integration.exactly_once import cli_command, run, session_env
+from tests.integration.exactly_once import cli_command, faults, run, session_env
 
 pytestmark = pytest.mark.slow
 
@@ -170,3 +170,27 @@ def test_a_driver_killed_mid_run_leaves_no_duplicate_and_the_rerun_completes(ray
     assert all(row[schema.OUTPUT_URI].startswith(uri + "/shards/") for row in rows)
     summary = json.loads(fs.cat_file(storage.join(root, "summary.json")))
     assert summary["already_done"] == len(committed) and summary["outputs_written"] == 96 - len(committed)
+
+
+@pytest.mark.parametrize("max_attempts", [1, 3])
+def test_the_quality_gate_generates_a_rejected_sample_again_with_the_next_seed(ray_local, tmp_path, max_attempts):
+    """NaN latents for one row and a blank image for another, on their first attempt: with attempts left
+    each is generated again with a new seed (`attempt` 1), else it is an error row as without the gate."""
+    from latentmill.pipelines.validate import derived_seed
+
+    ids = [f"q-{i:02d}" for i in range(8)]
+    table = write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids])
+    with faults("denoise:nan:q-03;decode:blank:q-05"):
+        summary = run(str(table), str(tmp_path / "out"),
+                      quality={"reject_nonfinite": True, "reject_blank": True, "max_attempts": max_attempts})
+    manifest = {row[schema.ID]: row for row in pq.read_table(tmp_path / "out" / "manifest").to_pylist()}
+    rejected = {"q-03", "q-05"}
+    if max_attempts == 1:
+        assert (summary.outputs_written, summary.rows_failed) == (6, 2) and set(manifest) == set(ids) - rejected
+        assert summary.failed_by_stage == {"denoise": 1, "decode": 1}
+        return
+    assert (summary.rows_read, summary.outputs_written, summary.rows_failed) == (8, 8, 0) and set(manifest) == set(ids)
+    for row_id, row in manifest.items():
+        first_seed = derived_seed(0, row_id)
+        expected = (1, derived_seed(first_seed, row_id)) if row_id in rejected else (0, first_seed)
+        assert (row[schema.ATTEMPT], row[schema.SEED]) == expected, row_id
