@@ -18,6 +18,7 @@ import pytest
 from latentmill import schema
 from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_OK
+from latentmill.jobs.inspection import status
 from latentmill.pipelines.job import JobError
 from tests.helpers import write_table
 from tests.integration.exactly_once import cli_command, faults, run, session_env
@@ -116,6 +117,7 @@ def test_a_sharded_dataset_reads_back_with_the_readers_users_use(ray_local, tmp_
         assert dataset[0]["image"].size == (dataset[0]["width"], dataset[0]["height"])
     first = json.loads((out / "shards" / "00000_stats.json").read_text())
     assert (first["samples"], first["layout"]) == (SHARD_SIZE, layout)
+    assert status(str(out)).done == 96  # `latentmill status` counts committed shards
     stats = json.loads((out / "stats.json").read_text())
     assert (stats["samples"], stats["failed"], stats["prompts_encoded"], stats["layout"]) == (96, 0, ROWS, layout)
     assert stats["bytes_written"] == summary.bytes_written > 0 and stats["command"]
