@@ -1,8 +1,8 @@
 """Output stores: where a run's media and manifest rows go, and what a re-run finds already done.
 
 Every layout has the same life cycle. The driver opens the store and `resume`s it (what earlier runs
-committed; leftovers of a crash are removed); decode actors put each sample's media under the store's
-`media_folder`; the driver `add`s the manifest rows of samples whose media are written, and `commit`s.
+committed; leftovers of a crash are removed); decode actors put each sample's media under
+`media_folder(layout)`; the driver `add`s the manifest rows of samples whose media are written, and `commit`s.
 A sample counts as done only once committed, so a crash at any point loses work but never duplicates it.
 
 - `files`: one object per sample under media/, manifest rows in Parquet parts under manifest/ (a part
@@ -36,7 +36,6 @@ from latentmill.io import storage
 
 log = logging.getLogger(__name__)
 
-LAYOUTS = ("files", "webdataset", "parquet")
 SHARDS = "shards"
 STAGING = "staging"
 # What a shard store writes under shards/ (and a local write's temporary file of it): NNNNN.tar,
@@ -107,16 +106,13 @@ class ParquetParts:
 
 
 class OutputStore:
-    """The interface every layout implements (see the module docstring)."""
+    """The driver's side of a layout (see the module docstring); the decode actors' side is where they put
+    media, `media_folder(layout)`."""
 
     layout: str
 
     def __init__(self, fs, root: str, uri: str, run_id: str, columns: tuple[str, ...]) -> None:
         self.fs, self.root, self.uri, self.run_id, self.columns = fs, root, uri, run_id, columns
-
-    @property
-    def media_folder(self) -> str:
-        return media_folder(self.layout)
 
     def resume(self, verify: str) -> OutputState:
         """What earlier runs committed; removes what they left uncommitted."""
