@@ -99,10 +99,13 @@ def test_synthesize_takes_the_dataset_shape_flags():
 
     args = synthesize.build_parser().parse_args(["-i", "in", "-o", "out", "-n", "2", "--keep-columns", "license, url",
                                                  "--layout", "webdataset", "--shard-size", "10"])
-    config = load_config(None, dataset_overrides(args))
+    overrides = dataset_overrides(args)
+    overrides["input"]["uri"], overrides["output"]["uri"] = args.input, args.output
+    config = load_config(None, overrides)
     assert config.input.keep_columns == ("license", "url")
     assert (config.output.layout, config.output.shard_size) == ("webdataset", 10)
+    overrides["input"]["keep_columns"] = "a,a"
     with pytest.raises(ConfigError, match="keep_columns names a column twice"):
-        load_config(None, {"input": {"keep_columns": "a,a"}})
+        load_config(None, overrides)
     with pytest.raises(SystemExit):
         synthesize.build_parser().parse_args(["-i", "in", "-o", "out", "-n", "2", "--layout", "tfrecord"])
