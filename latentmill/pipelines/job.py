@@ -175,9 +175,11 @@ class ResultWriter:
         self.store.commit()
 
     def _rejected(self, batch: dict[str, Any], index: int) -> bool:
-        stage, kind = batch[schema.ERROR_STAGE][index], batch[schema.ERROR_TYPE][index]
+        stage = batch[schema.ERROR_STAGE][index]
+        if not any(stage == rejected_stage for rejected_stage, _ in self.rejected):
+            return False  # (an already done row has no error type)
         attempt = int(batch[schema.ATTEMPT][index]) if schema.ATTEMPT in batch else 0
-        return (stage, kind) in self.rejected and attempt + 1 < self.max_attempts
+        return (stage, batch[schema.ERROR_TYPE][index]) in self.rejected and attempt + 1 < self.max_attempts
 
     def _next_attempt(self, batch: dict[str, Any], index: int) -> dict[str, Any]:
         """The rejected row as a request again, with the next seed derived from its last one."""
