@@ -100,7 +100,12 @@ class InputSettings(_Strict):
     id_column: str = "id"
     limit: int | None = Field(None, ge=1, description="Use only the first N rows.")
     samples_per_prompt: int = Field(
-        1, ge=1, description="Outputs per row; sample k gets id '<id>-s<k>' and its own derived seed."
+        1, ge=1, description="Outputs per row; sample k gets id '<id>-s<k>' and its own derived seed. The row's "
+        "prompt is encoded once for all of them.",
+    )
+    keep_columns: tuple[str, ...] = Field(
+        (), description="Input columns copied into every manifest row of the row's outputs (e.g. a license or "
+        "source URL), as they are.",
     )
 
     @field_validator("prompt_column", "id_column")
@@ -108,6 +113,18 @@ class InputSettings(_Strict):
     def _check_column(cls, value: str) -> str:
         if not value.strip():
             raise ValueError("a column name must not be empty")
+        return value
+
+    @field_validator("keep_columns", mode="before")
+    @classmethod
+    def _split_columns(cls, value: Any) -> Any:
+        return tuple(name.strip() for name in value.split(",") if name.strip()) if isinstance(value, str) else value
+
+    @field_validator("keep_columns")
+    @classmethod
+    def _check_kept(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if len(set(value)) != len(value):
+            raise ValueError("keep_columns names a column twice")
         return value
 
 
@@ -126,6 +143,12 @@ class OutputSettings(_Strict):
     verify_existing: Literal["sha256", "size"] = Field(
         "sha256", description="How a resumed run checks the objects a manifest names: re-hash, or size only."
     )
+    layout: Literal["files", "webdataset", "parquet"] = Field(
+        "files", description="files: one object per sample under media/ and a manifest/ of Parquet parts; "
+        "webdataset: tar shards under shards/ with a sidecar Parquet each; parquet: Parquet shards under shards/ "
+        "with the media bytes in an `image` column (README, 'Synthesizing a dataset').",
+    )
+    shard_size: int = Field(1000, ge=1, description="Samples per shard (webdataset and parquet layouts).")
 
     @field_validator("manifest_flush_seconds")
     @classmethod
@@ -340,6 +363,21 @@ class DecodeSettings(_Strict):
     tiling: bool = Field(False, description="Tiled and sliced VAE decoding from the start (less memory, slower).")
 
 
+class QualitySettings(_Strict):
+    """A quality gate: a rejected sample is generated again with the next seed derived from its last one."""
+
+    reject_nonfinite: bool = Field(False, description="Regenerate a sample whose latents are NaN or infinite "
+                                   "(otherwise an error row).")
+    reject_blank: bool = Field(False, description="Regenerate a sample whose decoded frames are blank (one flat "
+                               "colour).")
+    max_attempts: int = Field(3, ge=1, description="Attempts per sample, the first included; past them the sample "
+                              "is an error row.")
+
+    @property
+    def enabled(self) -> bool:
+        return self.reject_nonfinite or self.reject_blank
+
+
 def parse_budget(value: str | float | int | None) -> float | int | None:
     """`10` -> 10 rows, `0.05` or `5%` -> that fraction of the rows read."""
     if value is None or isinstance(value, (int, float)):
@@ -380,6 +418,7 @@ class JobConfig(_Strict):
     metrics: MetricsSettings = Field(default_factory=MetricsSettings)
     decode: DecodeSettings | None = Field(None, description="Set by `latentmill decode`: decode saved latents.")
     interpolate: InterpolateSettings | None = Field(None, description="Set by `latentmill interpolate`.")
+    quality: QualitySettings = Field(default_factory=QualitySettings)
     max_failed: int | float | None = Field(
         None,
         description="Error budget: a count (10) or a fraction of rows read (0.05); past it the job exits 3.",

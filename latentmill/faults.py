@@ -4,7 +4,8 @@
 
 - `STAGE:oom:N`     the first N model calls of the stage in each actor raise an out-of-memory error
 - `STAGE:raise:ID`  any call that includes row ID raises (one bad row among good ones)
-- `STAGE:nan:ID`    row ID's result is NaN (denoise: latents)
+- `STAGE:nan:ID`    row ID's result is NaN (denoise: latents) on its first attempt
+- `STAGE:blank:ID`  row ID's decoded frames are blank (decode) on its first attempt
 - `STAGE:sleep:S`   every call sleeps S seconds first (slow a run down to kill things mid-run)
 
 The driver forwards the variable to the stage actors. Unset, this module does nothing.
@@ -34,9 +35,9 @@ def parse(text: str) -> list[Fault]:
         stage, kind, arg = (item.split(":", 2) + ["", ""])[:3]
         if stage not in STAGES:
             raise ValueError(f"{ENV}: unknown stage in {item!r} (stages: {', '.join(STAGES)})")
-        if kind not in {"oom", "raise", "nan", "sleep"}:
-            raise ValueError(f"{ENV}: unknown fault {item!r} (kinds: oom, raise, nan, sleep)")
-        if kind in {"raise", "nan"} and not arg:
+        if kind not in {"oom", "raise", "nan", "blank", "sleep"}:
+            raise ValueError(f"{ENV}: unknown fault {item!r} (kinds: oom, raise, nan, blank, sleep)")
+        if kind in {"raise", "nan", "blank"} and not arg:
             raise ValueError(f"{ENV}: {item!r} needs a row id ({stage}:{kind}:ID)")
         try:
             if kind == "sleep" and float(arg) < 0 or kind == "oom" and int(arg or 1) < 0:
@@ -69,8 +70,9 @@ class FaultInjector:
                 self.ooms_raised += 1
                 raise torch.OutOfMemoryError("injected out-of-memory error")
 
-    def poisoned(self, row_id: str) -> bool:
-        return any(f.kind == "nan" and f.arg == row_id for f in self.faults)
+    def poisoned(self, row_id: str, kind: str = "nan") -> bool:
+        """Whether row `row_id`'s result is to be corrupted (`nan` latents, `blank` frames)."""
+        return any(f.kind == kind and f.arg == row_id for f in self.faults)
 
 
 def forwarded_env() -> dict[str, str]:

@@ -83,6 +83,7 @@ def empty_request_columns(size: int, extra_types: Mapping[str, type] = {}) -> di
     columns[schema.SAMPLE_INDEX] = np.zeros(size, dtype=np.int64)
     columns[schema.PROMPT_TRUNCATED] = np.zeros(size, dtype=bool)
     columns[schema.INPUT_ROW] = _empty(size, object)
+    columns[schema.ATTEMPT] = np.zeros(size, dtype=np.int64)
     for name in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
         columns[name] = np.full(size, "", dtype=object)
     return columns
@@ -101,3 +102,59 @@ def _empty(size: int, dtype) -> np.ndarray:
 
 def _plain(value: Any) -> Any:
     return value.item() if hasattr(value, "item") else value
+
+
+_SAMPLE_FIELDS = (schema.ID, schema.SEED, schema.SAMPLE_INDEX, schema.ERROR_STAGE, schema.ERROR_TYPE,
+                  schema.ERROR_MESSAGE)
+
+
+def fold_samples(columns: dict[str, np.ndarray], groups: list[list[int]]) -> dict[str, np.ndarray]:
+    """Per-sample rows -> one row per prompt (`groups`: the positions of each prompt's samples).
+
+    The prompt row is the first sample that still needs work (else the first sample), with every
+    sample's own id, seed, index and state in a JSON `samples` column; a prompt none of whose samples
+    needs work keeps its first sample's state, so no stage touches it.
+    """
+    import json
+
+    errors = columns[schema.ERROR_STAGE]
+    firsts = [next((i for i in group if not errors[i]), group[0]) for group in groups]
+    out = {name: values[firsts] for name, values in columns.items()}
+    samples = np.empty(len(groups), dtype=object)
+    for row, group in enumerate(groups):
+        samples[row] = json.dumps([{name: _plain(columns[name][i]) for name in _SAMPLE_FIELDS} for i in group])
+    out[schema.SAMPLES] = samples
+    return out
+
+
+def unfold_samples(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Prompt rows -> one row per sample, each sharing its prompt row's conditioning; the inverse of
+    `fold_samples`. A sample takes its own state, else its prompt row's (an encode error fails every
+    sample); only a prompt's first pending sample keeps `encoded` true, and each sample gets 1/N of the
+    prompt's encode seconds. Batches without `samples` pass."""
+    import json
+
+    if schema.SAMPLES not in batch:
+        return batch
+    samples = [json.loads(text) for text in batch[schema.SAMPLES]]
+    counts = np.array([len(row) for row in samples])
+    index = np.repeat(np.arange(len(samples)), counts)
+    out = {name: np.asarray(values)[index] for name, values in batch.items() if name != schema.SAMPLES}
+    encode_seconds = schema.seconds_column(schema.STAGE_ENCODE)
+    if encode_seconds in out:  # each sample's share of its prompt's encoding, so the shares still add up
+        out[encode_seconds] = out[encode_seconds] / counts[index]
+    position = 0
+    for row, row_samples in enumerate(samples):
+        counted = False
+        for sample in row_samples:
+            own_state = bool(sample[schema.ERROR_STAGE])
+            for name in _SAMPLE_FIELDS:
+                if name in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE) and not own_state:
+                    continue  # a pending sample shares its prompt row's outcome
+                out[name][position] = sample[name]
+            if schema.ENCODED in out:
+                encoded = bool(batch[schema.ENCODED][row]) and not own_state and not counted
+                out[schema.ENCODED][position] = encoded
+                counted = counted or encoded
+            position += 1
+    return out

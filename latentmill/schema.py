@@ -21,6 +21,11 @@ SAMPLE_INDEX = "sample_index"  # k of N samples per prompt; every input row has 
 PROMPT_TRUNCATED = "prompt_truncated"
 EMBEDDINGS_CACHED = "embeddings_cached"  # the row's prompt embeddings came from cache.embeddings
 INPUT_ROW = "input_row"  # the raw input row as JSON, kept so an error row shows what came in
+# With N samples per prompt, validation emits one row per prompt whose SAMPLES (JSON) lists each sample's
+# id, seed, index and state; the encode stage encodes the prompt once and expands the row into its samples.
+SAMPLES = "samples"
+ATTEMPT = "attempt"  # 0, or how many times the quality gate had the sample generated again (each with a new seed)
+ENCODED = "encoded"  # True on the one row whose text encoding ran; rows that reuse that encoding have False
 
 # The request's columns and their types (rows.Request has one field per column).
 REQUEST_COLUMN_TYPES: dict[str, type] = {
@@ -72,6 +77,8 @@ SHA256 = "sha256"
 MIME_TYPE = "mime_type"
 LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
 LATENTS_SHA256 = "latents_sha256"
+SHARD_KEY = "key"  # a sample's name inside its shard (webdataset and parquet layouts)
+SHARD_MEDIA = {"image": "image", "video": "video"}  # the parquet layout's media column, by kind of media
 
 # One manifest row per output (order as written to Parquet); a family's extra parameters follow the
 # request columns (see `manifest_columns`).

@@ -7,6 +7,7 @@ a batch is retried row by row, so one bad row becomes one error row and its batc
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -22,7 +23,7 @@ from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelError, ModelRef, tensors
-from latentmill.rows import Request, request_at
+from latentmill.rows import Request, request_at, unfold_samples
 
 log = logging.getLogger(__name__)
 
@@ -103,6 +104,20 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, (torch.OutOfMemoryError, MemoryError))
 
 
+class BlankImage(ValueError):
+    """Decoded frames of one flat colour (the quality gate's reject_blank)."""
+
+
+def is_blank(frames: np.ndarray) -> bool:
+    """uint8 frames whose pixels all lie within 2 levels of each other."""
+    return int(frames.max()) - int(frames.min()) <= 2
+
+
+def is_retry(batch: dict[str, np.ndarray], row: int) -> bool:
+    """Whether the row is the quality gate's second or later attempt (injected faults hit first attempts)."""
+    return schema.ATTEMPT in batch and int(batch[schema.ATTEMPT][row]) > 0
+
+
 def mark_error(out: dict[str, np.ndarray], row: int, stage: str, exc: BaseException) -> None:
     out[schema.ERROR_STAGE][row] = stage
     out[schema.ERROR_TYPE][row] = type(exc).__name__
@@ -157,7 +172,9 @@ class TextEncodeWorker(StageWorker):
 
     Each tensor the model declares is a binary column of per-row packed arrays (tensors.pack): any
     count, shape and dtype, and empty where a row has none (failed rows; negatives a row's guidance
-    does not use). Values stay in the encoder's dtype unless `float32` is asked for.
+    does not use). Values stay in the encoder's dtype unless `float32` is asked for. Rows of a batch
+    that differ only in id and seed share one encoding (`encoded` marks the row that ran it), and a
+    prompt row with N samples leaves as N rows (rows.unfold_samples).
     """
 
     stage = schema.STAGE_ENCODE
@@ -184,6 +201,9 @@ class TextEncodeWorker(StageWorker):
             self.family.load_encoder(self.device, self.dtype)
             self.encoder_loaded = True
 
+    def __call__(self, batch):
+        return unfold_samples(super().__call__(batch))
+
     def prepare_output(self, batch):
         out = _copy_without(batch, ())
         size = len(batch[schema.ID])
@@ -191,15 +211,24 @@ class TextEncodeWorker(StageWorker):
             out[name] = np.full(size, b"", dtype=object)
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.EMBEDDINGS_CACHED] = np.zeros(size, dtype=bool)
+        out[schema.ENCODED] = np.zeros(size, dtype=bool)
         return out
 
     def process(self, batch, out, rows):
-        packed, truncated, cached = self._encode(_requests(self.family, batch, rows))
+        distinct: dict[Request, int] = {}  # what the encoder sees (id and seed aside) -> its position
+        shared = []  # each row's position in `distinct`
+        for request in _requests(self.family, batch, rows):
+            shared.append(distinct.setdefault(dataclasses.replace(request, id="", seed=0), len(distinct)))
+        packed, truncated, cached = self._encode(list(distinct))
         for name in self.columns:
-            for row, value in zip(rows, packed[name]):
-                out[name][row] = value
-        out[schema.PROMPT_TRUNCATED][rows] = truncated
-        out[schema.EMBEDDINGS_CACHED][rows] = cached
+            for row, position in zip(rows, shared):
+                out[name][row] = packed[name][position]
+        out[schema.PROMPT_TRUNCATED][rows] = [truncated[position] for position in shared]
+        out[schema.EMBEDDINGS_CACHED][rows] = [cached[position] for position in shared]
+        ran_here: dict[int, int] = {}  # position in `distinct` -> the first row that shares it
+        for row, position in zip(rows, shared):
+            ran_here.setdefault(position, row)
+        out[schema.ENCODED][[row for position, row in ran_here.items() if not cached[position]]] = True
 
     def _encode(self, requests: list[Request]) -> tuple[dict[str, list[bytes]], list[bool], list[bool]]:
         """Each row's packed conditioning columns and truncation flag, from the cache where it has them;
@@ -280,7 +309,7 @@ class DenoiseWorker(StageWorker):
         self.faults.model_call()
         latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
         for row, value in zip(rows, latents):
-            if self.faults.poisoned(str(batch[schema.ID][row])):
+            if self.faults.poisoned(str(batch[schema.ID][row])) and not is_retry(batch, row):
                 value[...] = np.nan
         for row, value in zip(rows, latents):
             if not np.isfinite(value).all():
@@ -302,10 +331,12 @@ class DecodeWorker(StageWorker):
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
-                 metrics_job: str = DEFAULT_JOB) -> None:
+                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
+        self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
+        self.reject_blank = reject_blank
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
@@ -383,6 +414,11 @@ class DecodeWorker(StageWorker):
             decoded = self.family.decode(latents, requests)
         frames = media.to_uint8(decoded)
         for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
+            if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
+                row_frames[...] = 0
+            if self.reject_blank and is_blank(row_frames):
+                mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
+                continue
             self._write(batch, out, row, row_frames)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, row_latents, request)
@@ -408,8 +444,8 @@ class DecodeWorker(StageWorker):
             data = media.encode_image(frames[0], self.image_format)
             extension, mime = media.format_info(self.image_format)
         key = media_key(str(batch[schema.ID][row]), extension)
-        uri = storage.join(self.output_uri, "media", key)
-        storage.put_bytes(self.fs, storage.join(self.root, "media", key), data)
+        uri = storage.join(self.output_uri, self.media_folder, key)
+        storage.put_bytes(self.fs, storage.join(self.root, self.media_folder, key), data)
         out[schema.OUTPUT_URI][row] = uri
         out[schema.BYTES][row] = len(data)
         out[schema.SHA256][row] = hashlib.sha256(data).hexdigest()

@@ -56,6 +56,7 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--max-failed", help="error budget: a count (10), fraction (0.05) or percentage (5%%) of rows; "
                      "past it the job exits with code 3")
     run.add_argument("--samples-per-prompt", type=int, help="outputs per prompt row, each with its own seed")
+    add_dataset_arguments(run)
     run.add_argument("--save-latents", action="store_true",
                      help="also keep each row's final latents as DEST/latents/<key>.safetensors (for `latentmill decode`)")
     run.add_argument("--embedding-cache", metavar="URI",
@@ -74,6 +75,27 @@ def _run_parser(subparsers) -> None:
                      help="push the run's final metrics to this Prometheus Pushgateway (e.g. http://pushgateway:9091)")
     run.add_argument("--metrics-port", type=int, metavar="PORT",
                      help="serve the driver's metrics at http://127.0.0.1:PORT/metrics during the run")
+
+
+def add_dataset_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags of a dataset's shape: which input columns it keeps, its layout and shard size."""
+    parser.add_argument("--keep-columns", metavar="A,B",
+                        help="input columns copied into every manifest row of the row's outputs (and each shard's json)")
+    parser.add_argument("--layout", choices=("files", "webdataset", "parquet"),
+                        help="files: DEST/media/ + manifest/ (default); webdataset: tar shards DEST/shards/NNNNN.tar "
+                        "with a sidecar Parquet each; parquet: Parquet shards with the media in an `image` column")
+    parser.add_argument("--shard-size", type=int, metavar="N", help="samples per shard (default 1000)")
+
+
+def dataset_overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    overrides: dict[str, dict[str, Any]] = {}
+    if args.keep_columns is not None:
+        overrides["input"] = {"keep_columns": args.keep_columns}
+    output = {"layout": args.layout, "shard_size": args.shard_size}
+    output = {key: value for key, value in output.items() if value is not None}
+    if output:
+        overrides["output"] = output
+    return overrides
 
 
 def _decode_parser(subparsers) -> None:
@@ -340,6 +362,8 @@ def run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         put("output", "image_format", args.format)
     elif args.format in VIDEO_FORMATS:
         put("output", "video_format", args.format)
+    for section, values in dataset_overrides(args).items():
+        overrides.setdefault(section, {}).update(values)
     return overrides
 
 

@@ -380,6 +380,7 @@ def status(dest: str, storage_options: dict[str, Any] | None = None, input_secti
 
 def _status(dest: str, options: dict[str, Any], input_section: dict[str, Any] | None, now: float,
             threads: int) -> Status:
+    from latentmill.io.outputs import SHARDS
     from latentmill.io.storage import join
 
     fs, root, record = _open_output(dest, options)
@@ -395,8 +396,10 @@ def _status(dest: str, options: dict[str, Any], input_section: dict[str, Any] | 
         report.kind = "interpolate"
     elif config.get("decode"):
         report.kind = "decode"
-    report.done = sum(part.rows for part in manifest)
-    report.manifest_parts = len(manifest)
+    # A sharded output (output.layout webdataset or parquet): every shards/NNNNN.parquet is a committed shard.
+    shards = _parts(fs, join(root, SHARDS), threads)
+    report.done = sum(part.rows for part in manifest + shards)
+    report.manifest_parts = len(manifest) + len(shards)
     if report.kind == "interpolate":
         report.transitions_done = sum(part.rows for part in transitions)
 

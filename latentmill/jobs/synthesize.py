@@ -11,7 +11,9 @@ Every prompt row becomes N requests: sample k of row ``<id>`` has id ``<id>-s<k>
 derived from the job seed and that id, so the dataset is reproducible and a sample never depends on its
 batch mates. The manifest has one row per sample (``sample_index`` says which); media land under
 ``<output>/media/<id>-s<k>.<ext>``. A row's own ``seed`` column, when present, seeds its samples instead of
-the job seed. Exit codes: see ``latentmill.jobs.entry``.
+the job seed. Each prompt is encoded once for its N samples. ``--layout webdataset`` or ``parquet`` writes
+shards instead of one object per sample (README, "Synthesizing a dataset"). Exit codes: see
+``latentmill.jobs.entry``.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import argparse
 import sys
 
 from latentmill.jobs import entry
+from latentmill.jobs.cli import add_dataset_arguments, dataset_overrides
 
 JOB_NAME = "latentmill-synthesize"
 
@@ -44,16 +47,16 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", "-o", required=True, help="folder or URI of the synthetic dataset")
     parser.add_argument("--samples-per-prompt", "-n", type=positive_int, required=True,
                         help="samples to generate for every prompt row")
+    add_dataset_arguments(parser)
     entry.add_common_arguments(parser, JOB_NAME)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    overrides = {
-        "input": {"uri": args.input, "samples_per_prompt": args.samples_per_prompt},
-        "output": {"uri": args.output},
-    }
+    overrides = dataset_overrides(args)
+    overrides.setdefault("input", {}).update(uri=args.input, samples_per_prompt=args.samples_per_prompt)
+    overrides.setdefault("output", {}).update(uri=args.output)
     return entry.execute(args, overrides,
                          f"dataset synthesis, {args.samples_per_prompt} sample(s) per prompt: {args.input} -> "
                          f"{args.output}")

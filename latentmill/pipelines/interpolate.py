@@ -210,11 +210,14 @@ def run_interpolation(config: JobConfig) -> InterpolationSummary:
     from latentmill.io.storage import StorageError, check_writable, resolve
     from latentmill.models import ModelError, resolve_model
     from latentmill.pipelines.job import JobError, ResultWriter, RunSummary, job_fingerprint
-    from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
+    from latentmill.io.outputs import load_output_state
+    from latentmill.pipelines.resume import OutputConflict, check_job_record
     from latentmill.pipelines.validate import DefaultsError, resolve_defaults
     from latentmill.rows import request_from
 
     started = time.perf_counter()
+    if config.output.layout != "files":
+        raise JobError(f"an interpolation job writes the files layout only; output.layout is {config.output.layout!r}")
     options = config.storage.fsspec_options()
     try:
         check_writable(config.output.uri, options)
@@ -425,11 +428,11 @@ _assemble = _LazyRemote()
 def _finished_transitions(fs, root: str) -> set[str]:
     """Transitions whose video a previous run wrote and recorded (and that is still there, intact)."""
     from latentmill.io.storage import join, read_bytes, resolve
-    from latentmill.pipelines.resume import _list_parts, _read_table
+    from latentmill.io.outputs import list_parts, read_table
 
     finished = set()
-    for part in _list_parts(fs, join(root, TRANSITIONS)):
-        for row in _read_table(fs, part).select(["id", "output_uri", "sha256"]).to_pylist():
+    for part in list_parts(fs, join(root, TRANSITIONS)):
+        for row in read_table(fs, part).select(["id", "output_uri", "sha256"]).to_pylist():
             try:
                 data = read_bytes(*resolve(row["output_uri"], fs.storage_options))
             except FileNotFoundError:

@@ -7,7 +7,6 @@ Parquet parts after their media are in storage, and ends with a summary whose co
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import logging
 import time
@@ -16,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
 
 from latentmill import __version__, schema
-from latentmill.config import JobConfig
+from latentmill.config import JobConfig, QualitySettings
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +33,10 @@ class RunSummary:
     outputs_written: int = 0
     already_done: int = 0
     rows_failed: int = 0
+    prompts_encoded: int = 0  # text encoder runs: samples of one prompt, and equal prompts in a batch, share one
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    bytes_written: int = 0  # media bytes of this run's outputs
+    seconds_by_stage: dict[str, float] = field(default_factory=dict)  # sum of the outputs' per-row stage seconds
     resumed: bool = False
     budget_exceeded: bool = False
     wall_seconds: float = 0.0
@@ -58,6 +60,8 @@ class RunSummary:
             ("already done", self.already_done),
             ("rows failed", self.rows_failed),
         ]
+        if self.prompts_encoded and self.prompts_encoded != self.requests:
+            rows.append(("prompts encoded", self.prompts_encoded))
         rows += [(f"  failed in {stage}", count) for stage, count in sorted(self.failed_by_stage.items())]
         rows.append(("wall time", f"{self.wall_seconds:.1f} s"))
         if self.seconds_to_first_output is not None:
@@ -83,6 +87,12 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
     # Settings added later count only when set, so outputs of earlier versions still resume.
     if not decisive["defaults"]["model_parameters"]:
         del decisive["defaults"]["model_parameters"]
+    if not decisive["input"]["keep_columns"]:
+        del decisive["input"]["keep_columns"]
+    if config.output.layout != "files":
+        decisive["layout"] = config.output.layout
+    if config.quality.enabled:
+        decisive["quality"] = config.quality.model_dump(mode="json")
     if config.stages.conditioning_dtype != "encoder":
         decisive["conditioning_dtype"] = config.stages.conditioning_dtype
     if config.output.save_latents:
@@ -94,72 +104,94 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
+# What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
+REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
+              "reject_blank": (schema.STAGE_DECODE, "BlankImage")}
+
+
 class ResultWriter:
-    """Writes manifest and error rows as Parquet parts; a part is written only after its media."""
+    """Accounts for every result row: outputs go to the output store (its layout decides how), error rows
+    to Parquet parts under errors/, and rows the quality gate rejects to `retries` (their next attempt)."""
 
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
                  flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
-                 latents: bool = False, more_columns: tuple[str, ...] = ()) -> None:
+                 latents: bool = False, more_columns: tuple[str, ...] = (), layout: str = "files",
+                 shard_size: int = 1000, quality: QualitySettings | None = None) -> None:
         from latentmill.io import storage
+        from latentmill.io.outputs import ParquetParts, open_store
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
-        self.run_id, self.rows_per_part, self.static = run_id, rows_per_part, static
-        self.columns = {"manifest": (*schema.manifest_columns(extra_names, latents), *more_columns),
-                        "errors": schema.ERROR_COLUMNS}
-        self.pending: dict[str, list[dict[str, Any]]] = {"manifest": [], "errors": []}
-        self.parts = {"manifest": 0, "errors": 0}
-        self.flush_seconds = flush_seconds
-        self.last_flush = time.monotonic()
+        self.run_id, self.static = run_id, static
+        quality = quality or QualitySettings()
+        self.rejected = {rejection for check, rejection in REJECTIONS.items() if getattr(quality, check)}
+        self.max_attempts = quality.max_attempts
+        self.retries: list[dict[str, Any]] = []
+        self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
+                                schema.ATTEMPT, *more_columns)
+        columns = (*schema.manifest_columns(extra_names, latents), *more_columns,
+                   *((schema.ATTEMPT,) if quality.enabled else ()))
+        self.store = open_store(layout, self.fs, self.root, output_uri, run_id, columns, shard_size=shard_size,
+                                rows_per_part=rows_per_part, flush_seconds=flush_seconds)
+        self.errors = ParquetParts(self.fs, storage.join(self.root, "errors"), run_id, schema.ERROR_COLUMNS,
+                                   rows_per_part, flush_seconds)
 
     def add(self, batch: dict[str, Any], summary: RunSummary) -> None:
         """Account for every result row: an output, an error, or already done."""
+        outputs, errors = [], []
         for index in range(len(batch[schema.ID])):
             stage = batch[schema.ERROR_STAGE][index]
+            if self._rejected(batch, index):
+                self.retries.append(self._next_attempt(batch, index))
+                continue  # accounted for when its next attempt comes back
             if batch[schema.SAMPLE_INDEX][index] == 0:
                 summary.rows_read += 1
             summary.requests += 1
+            if schema.ENCODED in batch and batch[schema.ENCODED][index]:
+                summary.prompts_encoded += 1
             if stage == schema.ALREADY_DONE:
                 summary.already_done += 1
             elif stage:
                 row = {name: _plain(batch[name][index]) for name in schema.ERROR_COLUMNS if name in batch}
                 row["run_id"] = self.run_id
-                self.pending["errors"].append(row)
+                errors.append(row)
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
             else:
                 # (a column no stage of this job fills, e.g. embeddings_cached in a decode job, stays null)
-                row = {name: _plain(batch[name][index]) if name in batch else None for name in self.columns["manifest"]}
+                row = {name: _plain(batch[name][index]) if name in batch else None for name in self.store.columns}
                 if row.get(schema.FPS) == 0:  # an image: a frame rate does not apply (video rows need fps > 0)
                     row[schema.FPS] = None
                 row.update(self.static)
-                self.pending["manifest"].append(row)
+                outputs.append(row)
                 summary.outputs_written += 1
-        overdue = time.monotonic() - self.last_flush > self.flush_seconds
-        for kind in self.pending:
-            if overdue or len(self.pending[kind]) >= self.rows_per_part:
-                self.flush(kind)
-
-    def flush(self, kind: str) -> None:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        from latentmill.io import storage
-
-        rows = self.pending[kind]
-        if not rows:
-            return
-        table = pa.Table.from_pylist(rows).select(list(self.columns[kind]))
-        buffer = io.BytesIO()
-        pq.write_table(table, buffer)
-        name = f"part-{self.run_id}-{self.parts[kind]:05d}.parquet"
-        storage.put_bytes(self.fs, storage.join(self.root, kind, name), buffer.getvalue())
-        self.parts[kind] += 1
-        self.pending[kind] = []
-        self.last_flush = time.monotonic()
+                summary.bytes_written += int(row.get(schema.BYTES) or 0)
+                for stage in schema.STAGES:
+                    seconds = float(row.get(schema.seconds_column(stage)) or 0.0)
+                    summary.seconds_by_stage[stage] = summary.seconds_by_stage.get(stage, 0.0) + seconds
+        self.store.add(outputs)
+        self.errors.add(errors)
 
     def close(self) -> None:
-        for kind in self.pending:
-            self.flush(kind)
+        self.errors.flush()
+        self.store.commit()
+
+    def _rejected(self, batch: dict[str, Any], index: int) -> bool:
+        stage = batch[schema.ERROR_STAGE][index]
+        if not any(stage == rejected_stage for rejected_stage, _ in self.rejected):
+            return False  # (an already done row has no error type)
+        attempt = int(batch[schema.ATTEMPT][index]) if schema.ATTEMPT in batch else 0
+        return (stage, batch[schema.ERROR_TYPE][index]) in self.rejected and attempt + 1 < self.max_attempts
+
+    def _next_attempt(self, batch: dict[str, Any], index: int) -> dict[str, Any]:
+        """The rejected row as a request again, with the next seed derived from its last one."""
+        from latentmill.pipelines.validate import derived_seed
+
+        row = {name: _plain(batch[name][index]) for name in self.request_columns if name in batch}
+        row[schema.ATTEMPT] += 1
+        row[schema.SEED] = derived_seed(row[schema.SEED], row[schema.ID])
+        row.update({schema.PROMPT_TRUNCATED: False, schema.ERROR_STAGE: "", schema.ERROR_TYPE: "",
+                    schema.ERROR_MESSAGE: ""})
+        return row
 
     def remove_parts(self, paths: list[str]) -> None:
         for path in paths:
@@ -269,15 +301,18 @@ def prepare(config: JobConfig):
     try:
         # The input, then the output (a credentials problem is the likeliest), then the model; the
         # table's columns are known once the model says which extra per-row parameters it takes.
+        kept = config.input.keep_columns
         if config.decode is None:
-            table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column)
+            table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column, kept)
+            check_kept_columns(config, table.columns)
         check_writable(config.output.uri, options)
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
         if config.decode is None and family.extra_parameters:
             table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
-                                  tuple(family.extra_parameters))
+                                  (*family.extra_parameters, *kept))
+            check_kept_columns(config, table.columns, tuple(family.extra_parameters))
         elif config.decode is not None:
             table = inspect_table(config.input.uri, options, schema.PROMPT, schema.ID, source_columns(family))
             check_source(table, family, config.model.path, options)
@@ -291,8 +326,24 @@ def prepare(config: JobConfig):
         limits=config.limits,
         family=family,
         samples_per_prompt=config.input.samples_per_prompt,
+        keep_columns=config.input.keep_columns,
     )
     return options, table, model, family, rules
+
+
+def check_kept_columns(config: JobConfig, table_columns: tuple[str, ...], extra_names: tuple[str, ...] = ()) -> None:
+    """input.keep_columns must name columns of the table that no manifest or row column already uses."""
+    from latentmill.pipelines.inputs import InputError
+
+    own = {*schema.manifest_columns(extra_names, latents=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
+           schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
+    for name in config.input.keep_columns:
+        if name in own:
+            raise InputError(f"input.keep_columns names {name!r}, which is also a manifest column of latentmill's "
+                             f"own; rename the input column (e.g. to 'source_{name}') to keep it")
+        if name not in table_columns:
+            raise InputError(f"input.keep_columns names {name!r}, which no file of the prompt table "
+                             f"{config.input.uri} has; check the spelling (--keep-columns)")
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -324,9 +375,9 @@ def _find_in_chain(exc: BaseException, kind: type[BaseException]) -> BaseExcepti
 
 def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None = None) -> RunSummary:
     """Run the job to the end and return its summary; raises JobError when it cannot finish."""
-    from latentmill.io.storage import StorageError, resolve
+    from latentmill.io.storage import StorageError
     from latentmill.metrics import DriverMetrics, MetricsError
-    from latentmill.pipelines.resume import OutputConflict, check_job_record, load_output_state
+    from latentmill.pipelines.resume import OutputConflict, check_job_record
 
     started = time.perf_counter()
     config = _absolute_output(config)
@@ -335,19 +386,6 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     fingerprint = job_fingerprint(config, model.content_hash)
     summary = RunSummary(run_id=run_id, output_uri=config.output.uri, model=config.model.path,
                          model_hash=model.content_hash, job_fingerprint=fingerprint, config=config.public_dict())
-    fs, root = resolve(config.output.uri, options)
-    try:
-        summary.resumed = check_job_record(
-            fs, root, fingerprint, {"output": config.output.uri, "model": config.model.path, "input": config.input.uri}
-        )
-        state = load_output_state(fs, root, config.output.verify_existing)
-        if state.stale:  # parts whose every row named a missing object were rewritten empty
-            _remove_empty_parts(fs, state)
-    except OutputConflict as exc:
-        raise JobError(str(exc)) from None
-    if summary.resumed:
-        log.info("resuming %s: %d output(s) already done", config.output.uri, len(state.done))
-
     static = {
         "model": config.model.path,
         "model_hash": model.content_hash,
@@ -359,7 +397,23 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     }
     writer = ResultWriter(config.output.uri, options, run_id, config.output.manifest_rows_per_part,
                           config.output.manifest_flush_seconds, static, tuple(family.extra_parameters),
-                          latents=config.output.save_latents or config.decode is not None)
+                          latents=config.output.save_latents or config.decode is not None,
+                          more_columns=config.input.keep_columns, layout=config.output.layout,
+                          shard_size=config.output.shard_size,
+                          quality=config.quality if config.decode is None else None)
+    try:
+        summary.resumed = check_job_record(
+            writer.fs, writer.root, fingerprint,
+            {"output": config.output.uri, "model": config.model.path, "input": config.input.uri},
+        )
+        state = writer.store.resume(config.output.verify_existing)
+    except OutputConflict as exc:
+        raise JobError(str(exc)) from None
+    except StorageError as exc:
+        raise JobError(f"storage failed, job stopped: {exc}") from None
+    if summary.resumed:
+        log.info("resuming %s: %d output(s) already done", config.output.uri, len(state.done))
+
     job_metrics = DriverMetrics(config.model.path, config.metrics.job_name)
     try:
         job_metrics.serve(config.metrics.port, config.metrics.address)  # port None: not served
@@ -393,10 +447,32 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     try:
         writer.write_json(f"runs/{run_id}.json", payload)
         writer.write_json("summary.json", payload)
+        writer.write_json("stats.json", dataset_stats(summary, config))
     except StorageError as exc:
         raise JobError(f"storage failed, job stopped: {exc}") from None
     job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
+
+
+def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
+    """DEST/stats.json: what the output holds after this run and what this run cost, for whoever reads the
+    dataset (summary.json has the run's full accounting and config)."""
+    import shlex
+    import sys
+
+    return {
+        "samples": summary.outputs_written + summary.already_done,
+        "samples_written": summary.outputs_written,
+        "failed": summary.rows_failed,
+        "failed_by_stage": summary.failed_by_stage,
+        "bytes_written": summary.bytes_written,
+        "seconds_by_stage": {stage: round(seconds, 3) for stage, seconds in summary.seconds_by_stage.items()},
+        "wall_seconds": round(summary.wall_seconds, 3),
+        "prompts_encoded": summary.prompts_encoded,
+        "layout": config.output.layout,
+        "run_id": summary.run_id,
+        "command": shlex.join(sys.argv),
+    }
 
 
 def _absolute_output(config: JobConfig) -> JobConfig:
@@ -410,20 +486,6 @@ def _absolute_output(config: JobConfig) -> JobConfig:
     config = config.model_copy(deep=True)
     config.output.uri = os.path.abspath(os.path.expanduser(uri))
     return config
-
-
-def _remove_empty_parts(fs, state) -> None:
-    import pyarrow.parquet as pq
-
-    kept = []
-    for part in state.manifest_parts:
-        with fs.open(part, "rb") as handle:
-            rows = pq.ParquetFile(handle).metadata.num_rows
-        if rows:
-            kept.append(part)
-        else:
-            fs.rm_file(part)
-    state.manifest_parts = kept
 
 
 def _finished_requests(table, rules, state, expected: int) -> list[tuple[str, int]] | None:
@@ -500,7 +562,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines.ledger import IdSet, start_ledger
-    from latentmill.pipelines.plan import build_dataset
+    from latentmill.pipelines.plan import build_dataset, build_retry_dataset
     from latentmill.pipelines.redecode import build_decode_dataset
     from latentmill.pipelines.resources import (ResourcesPending, check_cluster, cluster_view, pending_watch,
                                                 pool_demands)
@@ -533,10 +595,11 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
         dataset = build_dataset(config, table, rules, model, options, ledger=ledger, done=done)
     else:  # a source manifest's ids are unique: no ledger needed
         dataset = build_decode_dataset(config, table, rules, model, options, done=done)
-    # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
     workers = {stage: worker.__name__ for stage, worker in stage_workers().items()}
-    dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
-    try:
+
+    def consume(dataset) -> None:
+        # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
+        dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
             job_metrics.record_results(batch)
@@ -544,6 +607,13 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
                 summary.seconds_to_first_output = time.perf_counter() - started
             if on_progress:
                 on_progress(summary)
+
+    try:
+        consume(dataset)
+        while writer.retries:  # the quality gate rejected these: each gets its next attempt
+            retries, writer.retries = writer.retries, []
+            log.info("quality gate: generating %d rejected sample(s) again, each with a new seed", len(retries))
+            consume(build_retry_dataset(config, retries, rules, model, options))
     except Exception as exc:  # noqa: BLE001 - Ray wraps the cause; report it, not Ray's traceback
         try:
             writer.close()  # keep what finished: a re-run resumes from it

@@ -53,6 +53,19 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     # small fraction per task would let dozens run at once, each starting its own Ray worker process.
     ds = ds.map_batches(validate_batch, batch_format="pyarrow", batch_size=None,
                         fn_kwargs={"rules": rules, "ledger": ledger, "done": done})
+    return model_stages(ds, config, rules, model, storage_options)
+
+
+def build_retry_dataset(config: JobConfig, rows: list[dict[str, Any]], rules: RowRules, model: ModelRef,
+                        storage_options: dict[str, Any]):
+    """The quality gate's next attempt: request rows (with their new seeds) through the three pools."""
+    import ray.data
+
+    return model_stages(ray.data.from_items(rows), config, rules, model, storage_options)
+
+
+def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storage_options: dict[str, Any]):
+    """Request rows -> the encode, denoise and decode pools."""
     # A small table reads as one block; split it (streaming, in the same tasks) so that all three pools
     # work in parallel from the first batch.
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
@@ -80,6 +93,7 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
                   tiled: bool = False) -> dict[str, Any]:
     """The decode workers' settings: where and how to write, and what saved latents record."""
     from latentmill import __version__
+    from latentmill.io.outputs import media_folder
 
     metadata = None
     if config.output.save_latents:
@@ -92,6 +106,8 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
         "video_format": config.output.video_format,
         "latents_metadata": metadata,
         "tiled": tiled,
+        "media_folder": media_folder(config.output.layout),
+        "reject_blank": config.quality.reject_blank,
     }
 
 

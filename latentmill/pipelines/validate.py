@@ -19,7 +19,7 @@ from latentmill.config import GenerationDefaults, Limits
 from latentmill.models.base import Family
 from latentmill.pipelines.inputs import READ_ERROR, READ_POSITION
 from latentmill.pipelines.ledger import shared_id_set
-from latentmill.rows import Request, empty_request_columns, request_from, write_request
+from latentmill.rows import Request, empty_request_columns, fold_samples, request_from, write_request
 
 SEED_LIMIT = 2**63
 
@@ -35,6 +35,7 @@ class RowRules:
     limits: Limits
     family: Family
     samples_per_prompt: int = 1
+    keep_columns: tuple[str, ...] = ()  # input columns copied, as they are, into the manifest
 
 
 class DefaultsError(ValueError):
@@ -182,7 +183,8 @@ def _fallback_id(row: dict[str, Any], rules: RowRules) -> str:
 
 
 def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, np.ndarray]:
-    """A pyarrow batch of raw rows -> request columns; invalid rows carry their error.
+    """A pyarrow batch of raw rows -> request columns; invalid rows carry their error. With N samples
+    per prompt, one row per prompt that lists its samples (rows.fold_samples).
 
     `ledger` (a ShardedLedger) turns a second use of an id into an error row; `done` (an IdSet of the ids
     a previous run completed, or its object reference) marks those requests ALREADY_DONE so no stage
@@ -190,7 +192,11 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
     """
     results: list[tuple[str, int, str, Request | None, str]] = []  # id, sample, input row, request, error
     unreadable: set[int] = set()  # positions in `results` of rows the read could not read
+    starts: list[int] = []  # where each input row's samples begin in `results`
+    kept: list[dict[str, Any]] = []  # each input row's values of the columns the manifest keeps
     for row in table.to_pylist():
+        starts.append(len(results))
+        kept.append({name: row.get(name) for name in rules.keep_columns})
         read_error, position = row.pop(READ_ERROR, None), row.pop(READ_POSITION, None)
         if read_error:  # the row's id and prompt are unknown: it is named by its file and row number
             unreadable.add(len(results))
@@ -233,4 +239,12 @@ def validate_batch(table, rules: RowRules, ledger=None, done=None) -> dict[str, 
         write_request(out, index, request)
         if finished[index]:
             out[schema.ERROR_STAGE][index] = schema.ALREADY_DONE
+    groups = [range(start, end) for start, end in zip(starts, [*starts[1:], len(results)])]
+    for name in rules.keep_columns:
+        out[name] = np.empty(len(results), dtype=object)
+        for values, group in zip(kept, groups):
+            for index in group:
+                out[name][index] = values[name]
+    if rules.samples_per_prompt > 1:  # each prompt is encoded once, then expanded (rows.unfold_samples)
+        return fold_samples(out, [list(group) for group in groups])
     return out

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import posixpath
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -193,3 +195,17 @@ def wait_for_actor_log(pattern: str, also_in: str = "", timeout: float = 30.0) -
         if time.monotonic() > deadline:
             return False
         time.sleep(0.5)
+
+
+@contextmanager
+def faults(text: str):
+    """LATENTMILL_FAULTS for runs started in this process (the driver forwards it to the actors)."""
+    previous = os.environ.get("LATENTMILL_FAULTS")
+    os.environ["LATENTMILL_FAULTS"] = text
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LATENTMILL_FAULTS")
+        else:
+            os.environ["LATENTMILL_FAULTS"] = previous

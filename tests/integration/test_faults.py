@@ -12,7 +12,6 @@ import signal
 import subprocess
 import threading
 import time
-from contextlib import contextmanager
 
 import pytest
 
@@ -21,24 +20,10 @@ from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_BUDGET, EXIT_JOB_ERROR, main
 from latentmill.pipelines.job import JobError
 from tests.helpers import write_table
-from tests.integration.exactly_once import (check_output, check_summary, cli_command, run, session_env,
+from tests.integration.exactly_once import (check_output, check_summary, cli_command, faults, run, session_env,
                                             stage_actors, wait_for_actor_log)
 
 pytestmark = pytest.mark.slow
-
-
-@contextmanager
-def faults(text: str):
-    """LATENTMILL_FAULTS for runs started in this process (the driver forwards it to the actors)."""
-    previous = os.environ.get("LATENTMILL_FAULTS")
-    os.environ["LATENTMILL_FAULTS"] = text
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("LATENTMILL_FAULTS")
-        else:
-            os.environ["LATENTMILL_FAULTS"] = previous
 
 
 def prompts(tmp_path, n: int, prefix: str = "f"):

@@ -143,7 +143,7 @@ def test_hostile_ids_keep_every_key_inside_the_output_prefix(hostile):
         assert path.name == storage.safe_key(row_id) + ".png" and len(path.name) <= 104
     # Nothing was written anywhere but the output folder's own sub-folders.
     assert sorted(p.name for p in out.iterdir()) == ["_latentmill_job.json", "errors", "manifest", "media", "runs",
-                                                     "summary.json"]
+                                                     "stats.json", "summary.json"]
     assert not (out.parent / "escape").exists() and not (out.parent.parent / "escape.png").exists()
 
 

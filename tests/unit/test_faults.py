@@ -38,7 +38,7 @@ def test_parse_tolerates_blanks_and_keeps_colons_in_ids():
 @pytest.mark.parametrize(
     "text, message",
     [
-        ("decode:boom:1", "unknown fault 'decode:boom:1' (kinds: oom, raise, nan, sleep)"),
+        ("decode:boom:1", "unknown fault 'decode:boom:1' (kinds: oom, raise, nan, blank, sleep)"),
         ("decoder:oom:1", "unknown stage in 'decoder:oom:1' (stages: encode, denoise, decode)"),
         ("denoise:raise", "'denoise:raise' needs a row id (denoise:raise:ID)"),
         ("denoise:nan:", "needs a row id"),
@@ -186,7 +186,7 @@ def decode_worker(monkeypatch, tmp_path, fault_text=""):
     fs, root = storage.resolve(str(tmp_path / "out"))
     return make_worker(DecodeWorker, monkeypatch, fault_text, fs=fs, root=root, output_uri=str(tmp_path / "out"),
                        image_format="png", video_format="mp4", low_memory=False,
-                       latents_metadata=None)
+                       latents_metadata=None, media_folder="media", reject_blank=False)
 
 
 def denoised(ids, monkeypatch, fault_text="", failed=None):

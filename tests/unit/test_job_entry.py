@@ -91,3 +91,21 @@ def test_bad_job_file_exits_1(tmp_path, capsys):
     job_file.write_text("stages: {denoise: {batch_size: 0}}\n")
     assert synthesize.main(["-i", "in", "-o", "out", "-n", "2", "-c", str(job_file)]) == entry.EXIT_JOB_ERROR
     assert "stages.denoise.batch_size" in capsys.readouterr().err
+
+
+def test_synthesize_takes_the_dataset_shape_flags():
+    from latentmill.config import ConfigError, load_config
+    from latentmill.jobs.cli import dataset_overrides
+
+    args = synthesize.build_parser().parse_args(["-i", "in", "-o", "out", "-n", "2", "--keep-columns", "license, url",
+                                                 "--layout", "webdataset", "--shard-size", "10"])
+    overrides = dataset_overrides(args)
+    overrides["input"]["uri"], overrides["output"]["uri"] = args.input, args.output
+    config = load_config(None, overrides)
+    assert config.input.keep_columns == ("license", "url")
+    assert (config.output.layout, config.output.shard_size) == ("webdataset", 10)
+    overrides["input"]["keep_columns"] = "a,a"
+    with pytest.raises(ConfigError, match="keep_columns names a column twice"):
+        load_config(None, overrides)
+    with pytest.raises(SystemExit):
+        synthesize.build_parser().parse_args(["-i", "in", "-o", "out", "-n", "2", "--layout", "tfrecord"])

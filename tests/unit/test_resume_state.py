@@ -15,7 +15,8 @@ import pytest
 from latentmill import schema
 from latentmill.io import storage
 from latentmill.pipelines.job import ResultWriter, RunSummary
-from latentmill.pipelines.resume import JOB_RECORD, OutputConflict, check_job_record, load_output_state
+from latentmill.io.outputs import load_output_state
+from latentmill.pipelines.resume import JOB_RECORD, OutputConflict, check_job_record
 
 
 def local(tmp_path):
