@@ -111,7 +111,7 @@ def run_compare(args, model: str, out: Path, gpu: bool) -> dict[str, Any]:
     command = [sys.executable, "-m", "latentmill.jobs.cli", "bench", "compare", "--model", model,
                "--rows", str(args.rows), "--height", str(args.height), "--width", str(args.width),
                "--steps", str(args.steps), "--guidance", str(args.guidance), "--batch-size", str(args.batch_size),
-               "--plan", str(plan), "--repeats", "1", "--out", str(out / "compare")]
+               "--plan", str(plan), "--repeats", "1", "--contenders", args.contenders, "--out", str(out / "compare")]
     if gpu:
         command += ["--gpus", "1"]
     log("running: " + " ".join(command))
@@ -369,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--guidance", type=float, default=5.0)
     parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--contenders", default="a,b,c", help="which of the compare's contenders to run")
     parser.add_argument("--time-limit", type=float, default=420.0, help="seconds; later steps are skipped past it")
     parser.add_argument("--compare-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)

@@ -53,6 +53,8 @@ def test_cached_embeddings_make_the_same_outputs_without_encoding(ray_local, tmp
     assert all(row[schema.EMBEDDINGS_CACHED] for row in second.values())
     assert {i: r[schema.SHA256] for i, r in second.items()} == {i: r[schema.SHA256] for i, r in first.items()}
 
+    if where == "s3":
+        return  # damaged entries: once, on local disk (the cache reads both through the same fsspec calls)
     key_of_a = [p for p in entries if fs.cat_file(p).find(b'"truncated"') > 0][0]
     fs.pipe_file(entries[0], b"not an entry")  # corrupt
     fs.pipe_file(entries[1], fs.cat_file(entries[2]))  # another key's entry
