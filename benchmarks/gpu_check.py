@@ -10,7 +10,8 @@ skipped when the time limit would be passed:
 3. per stage, in this process: peak GPU memory of each stage's load plus one batch, the decode in float16
    (SDXL's VAE is upcast to float32 as diffusers does; the frames must be finite) and in bfloat16;
 4. a model-FLOPs utilisation estimate from the UNet's counted FLOPs per step and the measured rates;
-5. the denoise pool's speed options (`compile`, `attention_backend`), in this process, batch by batch.
+5. the denoise pool's speed options (`compile`, `attention_backend`), in this process, batch by batch;
+6. FLUX.1-dev's transformer alone at full size: FLOPs, seconds per step, peak memory, MFU, plain and compiled.
 
 Everything lands in `--out` as `gpu-check.json` and `gpu-check.md`. With `--model builtin:tiny-sdxl` the same
 script runs on a CPU in a minute (that is how the suite keeps it working).
@@ -30,6 +31,8 @@ ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "benchmarks" / "configs" / "sdxl-base-1.0"
 PUBLISHED_PARAMETERS = {"unet": 2_567_463_684, "vae": 83_653_863, "text_encoder": 123_060_480,
                         "text_encoder_2": 694_659_840}
+FLUX_CONFIG = ROOT / "benchmarks" / "configs" / "flux.1-dev" / "transformer" / "config.json"
+FLUX_PUBLISHED_PARAMETERS = 11_901_408_320
 PEAK_BF16_TFLOPS = {"H100": 989.0, "H200": 989.0}  # dense bf16, the vendor's SXM datasheets
 
 
@@ -263,7 +266,7 @@ def speed_options(args, model: str, deadline: float) -> list[dict[str, Any]]:
         try:
             family.speed_up_denoiser(compile_blocks, backend)
             times = []
-            for _ in range(2):
+            for _ in range(args.option_batches):
                 torch.cuda.synchronize()
                 started = time.perf_counter()
                 family.denoise(requests, encoded)
@@ -275,6 +278,67 @@ def speed_options(args, model: str, deadline: float) -> list[dict[str, Any]]:
         del family
         torch.cuda.empty_cache()
     return rows
+
+
+def flux_denoiser(args) -> dict[str, Any] | None:
+    """FLUX.1-dev's transformer alone at full size (random weights): FLOPs, step time, memory, plain and compiled."""
+    import torch
+    from diffusers import FluxTransformer2DModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    if not torch.cuda.is_available():
+        return None
+    torch.manual_seed(0)
+    torch.cuda.reset_peak_memory_stats()
+    with torch.device("cuda"):
+        model = FluxTransformer2DModel.from_config(json.loads(FLUX_CONFIG.read_text())).to(torch.bfloat16).eval()
+    parameters = sum(p.numel() for p in model.parameters())
+    rows, cols, batch = args.height // 16, args.width // 16, args.flux_batch
+    grid = torch.stack(torch.meshgrid(torch.arange(rows), torch.arange(cols), indexing="ij"), -1).reshape(-1, 2)
+    device, dtype = "cuda", torch.bfloat16
+
+    def inputs(size: int) -> dict[str, Any]:
+        return {"hidden_states": torch.randn(size, rows * cols, 64, device=device, dtype=dtype),
+                "encoder_hidden_states": torch.randn(size, 512, 4096, device=device, dtype=dtype),
+                "pooled_projections": torch.randn(size, 768, device=device, dtype=dtype),
+                "timestep": torch.full((size,), 0.5, device=device, dtype=dtype),
+                "guidance": torch.full((size,), 3.5, device=device, dtype=dtype),
+                "img_ids": torch.cat([torch.zeros(rows * cols, 1), grid.float()], 1).to(device, dtype),
+                "txt_ids": torch.zeros(512, 3, device=device, dtype=dtype), "return_dict": False}
+
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        model(**inputs(1))
+    flops = float(counter.get_total_flops())
+    peak_tflops = next((v for k, v in PEAK_BF16_TFLOPS.items() if k in torch.cuda.get_device_name()), 989.0)
+    batch_inputs = inputs(batch)
+
+    def timed(label: str) -> dict[str, Any]:
+        seconds = []
+        with torch.no_grad():
+            for _ in range(args.option_batches + 1):
+                torch.cuda.synchronize()
+                started = time.perf_counter()
+                model(**batch_inputs)
+                torch.cuda.synchronize()
+                seconds.append(time.perf_counter() - started)
+        step = seconds[-1]
+        return {"option": label, "step_seconds": seconds,
+                "images_per_s": batch / (step * args.flux_steps),
+                "mfu": flops * batch / step / (peak_tflops * 1e12)}
+
+    runs = [timed("none")]
+    try:
+        model.compile_repeated_blocks(fullgraph=True)
+        runs.append(timed("compile"))
+    except Exception as exc:  # noqa: BLE001 - report compile as not working here, keep the plain figures
+        runs.append({"option": "compile", "error": f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"})
+    result = {"parameters": parameters, "matches_published": parameters == FLUX_PUBLISHED_PARAMETERS,
+              "batch": batch, "steps": args.flux_steps, "flops_per_image_step": flops,
+              "peak_gpu_mib": torch.cuda.max_memory_allocated() / 2**20, "runs": runs}
+    del model, batch_inputs
+    torch.cuda.empty_cache()
+    return result
 
 
 def markdown(result: dict[str, Any]) -> str:
@@ -338,11 +402,23 @@ def markdown(result: dict[str, Any]) -> str:
                   f"{result['unet_flops_per_image_step'] / 1e12:.2f} TFLOP (torch FLOP counter).", ""]
     speed = result.get("speed_options") or []
     if speed:
-        lines += ["| denoise option (in-process, batch of %d) | seconds per batch (1st, 2nd) | img/s | error |"
+        lines += ["| denoise option (in-process, batch of %d) | seconds per batch, in order | img/s | error |"
                   % result["batch_size"], "|---|---|---|---|"]
         for row in speed:
             lines.append(f"| {row['option']} | {', '.join(fmt(t) for t in row.get('batch_seconds', []))} "
                          f"| {fmt(row.get('rows_per_s'))} | {row.get('error') or row.get('skipped') or ''} |")
+        lines.append("")
+    flux = result.get("flux_denoiser")
+    if flux and "runs" in flux:
+        lines += [f"FLUX.1-dev transformer alone ({flux['parameters']:,} parameters, published count matched: "
+                  f"{flux['matches_published']}), batch {flux['batch']} at {result['params']['height']}x"
+                  f"{result['params']['width']}, {flux['flops_per_image_step'] / 1e12:.1f} TFLOP per image per "
+                  f"step, peak {fmt(flux['peak_gpu_mib'])} MiB:", "",
+                  f"| option | seconds per step, in order | img/s at {flux['steps']} steps | MFU | error |",
+                  "|---|---|---|---|---|"]
+        for row in flux["runs"]:
+            lines.append(f"| {row['option']} | {', '.join(fmt(t) for t in row.get('step_seconds', []))} "
+                         f"| {fmt(row.get('images_per_s'))} | {fmt(row.get('mfu'))} | {row.get('error', '')} |")
         lines.append("")
     lines += ["Step seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["step_seconds"].items()), ""]
     return "\n".join(lines)
@@ -371,6 +447,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--contenders", default="a,b,c", help="which of the compare's contenders to run")
     parser.add_argument("--time-limit", type=float, default=420.0, help="seconds; later steps are skipped past it")
+    parser.add_argument("--only", default="compare,stages,flops,speed-options,flux-denoiser",
+                        help="which steps to run (a rerun that measures what an earlier one skipped)")
+    parser.add_argument("--flux-batch", type=int, default=4, help="images per forward of the FLUX.1-dev step")
+    parser.add_argument("--flux-steps", type=int, default=28, help="steps per image, for its images/s")
+    parser.add_argument("--option-batches", type=int, default=2,
+                        help="batches per denoise speed option (compile's first includes compiling)")
     parser.add_argument("--compare-timeout", type=float, default=300.0)
     args = parser.parse_args(argv)
     deadline = time.time() + args.time_limit
@@ -385,7 +467,11 @@ def main(argv: list[str] | None = None) -> int:
                               "step_seconds": {}}
     log(json.dumps(result["environment"]))
 
+    wanted = {name.strip() for name in args.only.split(",")}
+
     def step(name: str, function, minimum: float = 30.0):
+        if name.replace(" ", "-") not in wanted and name != "build":
+            return None
         if time.time() > deadline - minimum:
             log(f"skipping {name}: time limit")
             return None
@@ -427,6 +513,7 @@ def main(argv: list[str] | None = None) -> int:
         result["mfu"] = {key: (values["steady_rows_per_s"] or 0) * per_image / peak
                          for key, values in compare["contenders"].items()}
     result["speed_options"] = step("speed options", lambda: speed_options(args, model, deadline), minimum=90)
+    result["flux_denoiser"] = step("flux denoiser", lambda: flux_denoiser(args), minimum=60)
     save()
     print((args.out / "gpu-check.md").read_text())
     return 0
