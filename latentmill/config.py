@@ -252,11 +252,34 @@ class PoolSettings(_Strict):
         return self.size if isinstance(self.size, int) else self.size[1]
 
 
+class DecodePeakMemory(_Strict):
+    """The VAE decode's peak memory above its loaded weights, as `fixed_bytes + bytes_per_latent_element x`
+    the latent elements of a decode call; measured by `latentmill plan` at two latent sizes."""
+
+    fixed_bytes: float = Field(ge=0)
+    bytes_per_latent_element: float = Field(ge=0)
+    dtype: DType = Field(description="The decode dtype it was measured in (other dtypes scale by element size).")
+    device: str = Field("", description="Where it was measured (cpu, cuda).")
+
+
+class DecodePoolSettings(PoolSettings):
+    """The decode pool, plus what decides its decode mode up front (full, sliced or tiled)."""
+
+    memory_budget_gb: float | None = Field(
+        None, gt=0, description="Memory one decode actor may use, VAE weights included. Default: the actor's share "
+        "of its GPU (num_gpus x device memory); none on CPUs (then only an out-of-memory error switches to tiling).",
+    )
+    peak_memory: DecodePeakMemory | None = Field(
+        None, description="The decode's measured peak memory (written by `latentmill plan` into the plan file). "
+        "With a budget, a batch whose estimate exceeds it is decoded row by row, or tiled, from the start.",
+    )
+
+
 def _default_pools() -> dict[str, PoolSettings]:
     return {
         "encode": PoolSettings(batch_size=8, num_cpus=0.25),
         "denoise": PoolSettings(batch_size=4, num_cpus=1.0),
-        "decode": PoolSettings(batch_size=4, num_cpus=0.5),
+        "decode": DecodePoolSettings(batch_size=4, num_cpus=0.5),
     }
 
 
@@ -291,7 +314,7 @@ class DenoiseOptions(_Strict):
 class StageSettings(_Strict):
     encode: PoolSettings = Field(default_factory=lambda: _default_pools()["encode"])
     denoise: PoolSettings = Field(default_factory=lambda: _default_pools()["denoise"])
-    decode: PoolSettings = Field(default_factory=lambda: _default_pools()["decode"])
+    decode: DecodePoolSettings = Field(default_factory=lambda: _default_pools()["decode"])
     conditioning_dtype: Literal["encoder", "float32"] = Field(
         "encoder", description="dtype of the embeddings sent from the encode pool to the denoise pool: the "
         "encoder's own (half the bytes of float32 at float16/bfloat16), or float32.",

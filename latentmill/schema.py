@@ -75,6 +75,7 @@ OUTPUT_URI = "output_uri"
 BYTES = "bytes"
 SHA256 = "sha256"
 MIME_TYPE = "mime_type"
+DECODE_MODE = "decode_mode"  # full (the batch in one VAE call) | sliced (one row per call) | tiled (the VAE's tiling)
 LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
 LATENTS_SHA256 = "latents_sha256"
 SHARD_KEY = "key"  # a sample's name inside its shard (webdataset and parquet layouts)
@@ -96,6 +97,7 @@ MANIFEST_COLUMNS = (
     BYTES,
     SHA256,
     MIME_TYPE,
+    DECODE_MODE,
     *(seconds_column(s) for s in STAGES),
     "latentmill_version",
     "job_fingerprint",

@@ -18,7 +18,8 @@ from typing import Any, Callable
 import numpy as np
 
 from latentmill import schema
-from latentmill.config import DenoiseOptions
+from latentmill.actors.decode_memory import FULL, SLICED, TILED
+from latentmill.config import DecodePeakMemory, DenoiseOptions
 from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
@@ -331,7 +332,8 @@ class DecodeWorker(StageWorker):
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
-                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False) -> None:
+                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False,
+                 memory_budget_gb: float | None = None, peak_memory: DecodePeakMemory | None = None) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
@@ -342,13 +344,18 @@ class DecodeWorker(StageWorker):
         self.image_format, self.video_format = image_format, video_format
         self.latents_metadata = latents_metadata
         self.tiled = tiled
+        self.num_gpus, self.memory_budget_gb, self.peak_memory = num_gpus, memory_budget_gb, peak_memory
         super().__init__(model, num_gpus, dtype, torch_threads, metrics_job)
 
     def load(self) -> None:
+        from latentmill.actors.decode_memory import plan_decode_memory
+
         self.family.load_decoder(self.device, self.dtype)
-        self.low_memory = self.tiled
+        self.low_memory = self.tiled  # tiled decoding for every batch (asked for, or after running out of memory)
         if self.tiled:
-            self.family.enable_low_memory_decode()
+            self.family.low_memory_decode(True)
+        self.memory_plan = plan_decode_memory(self.family, self.device, self.num_gpus, self.memory_budget_gb,
+                                              self.peak_memory, self.dtype)
 
     def __call__(self, batch):
         if schema.LATENTS not in batch:
@@ -389,6 +396,7 @@ class DecodeWorker(StageWorker):
         out[schema.BYTES] = np.zeros(size, dtype=np.int64)
         out[schema.SHA256] = np.full(size, "", dtype=object)
         out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
+        out[schema.DECODE_MODE] = np.full(size, "", dtype=object)
         if self.latents_metadata is not None:
             out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
             out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
@@ -399,19 +407,19 @@ class DecodeWorker(StageWorker):
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
         requests = _requests(self.family, batch, rows)
+        mode = self._planned_mode(latents)
         try:
-            self.faults.model_call()
-            decoded = self.family.decode(latents, requests)
+            decoded = self._decode(latents, requests, mode)
         except Exception as exc:
             if not is_out_of_memory(exc) or self.low_memory:
                 raise
             # Out of memory: switch this actor to tiled/sliced decoding and retry the batch; if that
             # fails too, the batch is retried row by row before a row becomes an error.
             log.warning("decode ran out of memory on a batch of %d; retrying with tiled decoding", len(rows))
-            self.family.enable_low_memory_decode()
-            self.low_memory = True
-            self.faults.model_call()
-            decoded = self.family.decode(latents, requests)
+            self.family.low_memory_decode(True)
+            self.low_memory, mode = True, TILED
+            decoded = self._decode(latents, requests, mode)
+        out[schema.DECODE_MODE][rows] = mode
         frames = media.to_uint8(decoded)
         for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
@@ -422,6 +430,32 @@ class DecodeWorker(StageWorker):
             self._write(batch, out, row, row_frames)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, row_latents, request)
+
+    def _planned_mode(self, latents: np.ndarray) -> str:
+        """full, sliced or tiled for this batch, from the decode's measured peak memory and the actor's budget."""
+        if self.low_memory:
+            return TILED
+        if self.memory_plan is None:
+            return FULL
+        mode = self.memory_plan.mode(latents.size, len(latents))
+        if mode != FULL:
+            log.info("decode of %d row(s) with latents %s: estimated peak %.3g GiB over the %.3g GiB left beside the "
+                     "VAE; decoding %s", len(latents), latents.shape[1:], self.memory_plan.estimate(latents.size) / 2**30,
+                     self.memory_plan.available_bytes / 2**30, mode)
+        return mode
+
+    def _decode(self, latents: np.ndarray, requests: list[Request], mode: str) -> np.ndarray:
+        self.faults.model_call()
+        if mode == SLICED:
+            return np.concatenate([self.family.decode(latents[i:i + 1], requests[i:i + 1])
+                                   for i in range(len(requests))])
+        if mode == TILED and not self.low_memory:  # this batch only
+            self.family.low_memory_decode(True)
+            try:
+                return self.family.decode(latents, requests)
+            finally:
+                self.family.low_memory_decode(False)
+        return self.family.decode(latents, requests)
 
     def _save_latents(self, out, row: int, latents: np.ndarray, request: Request) -> None:
         """The row's latents next to its media; the manifest row (written after) names both."""

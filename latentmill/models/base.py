@@ -193,11 +193,14 @@ class Family:
                 else:
                     module.compile()
 
-    def enable_low_memory_decode(self) -> None:
-        """Trade speed for memory after an out-of-memory error (diffusers VAEs: tiling, slicing)."""
-        for switch in ("enable_tiling", "enable_slicing"):
-            if hasattr(self.vae, switch):
-                getattr(self.vae, switch)()
+    def low_memory_decode(self, on: bool) -> None:
+        """Tiled and sliced VAE decoding on or off (diffusers VAEs' enable_/disable_ tiling and slicing;
+        the video VAEs' tiling is spatial and temporal where they have both): less memory, slower."""
+        vae = getattr(self, "vae", None)
+        for switch in ("tiling", "slicing"):
+            method = getattr(vae, f"{'enable' if on else 'disable'}_{switch}", None)
+            if method is not None:
+                method()
 
     # ---- reference -----------------------------------------------------------------------------
 

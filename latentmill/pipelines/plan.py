@@ -108,6 +108,8 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
         "tiled": tiled,
         "media_folder": media_folder(config.output.layout),
         "reject_blank": config.quality.reject_blank,
+        "memory_budget_gb": config.stages.decode.memory_budget_gb,
+        "peak_memory": config.stages.decode.peak_memory,
     }
 
 

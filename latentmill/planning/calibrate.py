@@ -22,6 +22,11 @@ class Calibration:
     row_bytes: dict[str, float]
     load_seconds: dict[str, float]
     request: dict[str, Any]
+    decode_memory: dict[str, Any]  # config.DecodePeakMemory fields, plus the (elements, bytes) samples
+
+    def decode_peak_memory(self) -> dict[str, Any]:
+        """The plan file's `stages.decode.peak_memory`."""
+        return {key: value for key, value in self.decode_memory.items() if key != "samples"}
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -32,6 +37,7 @@ class Calibration:
             "costs": {stage: asdict(cost) for stage, cost in self.costs.items()},
             "row_bytes": self.row_bytes,
             "load_seconds": self.load_seconds,
+            "decode_memory": self.decode_memory,
         }
 
 
@@ -128,6 +134,8 @@ def calibrate(
                     timings[stage].append(seconds[stage])
             for stage in STAGES:
                 samples[stage].append((size, statistics.median(timings[stage])))
+        denoised = stages[schema.STAGE_DENOISE](stages[schema.STAGE_ENCODE](first))
+        decode_memory = measure_decode_memory(stages[schema.STAGE_DECODE], denoised)
     finally:
         shutil.rmtree(output, ignore_errors=True)
     costs = {stage: fit_stage_cost(samples[stage]) for stage in STAGES}
@@ -138,9 +146,31 @@ def calibrate(
         costs=costs,
         row_bytes=row_bytes,
         load_seconds=load_seconds,
+        decode_memory=decode_memory,
         request={k: defaults[k] if k != "num_frames" or family.is_video else 1
                  for k in ("height", "width", "num_inference_steps", "guidance_scale", "num_frames")},
     )
+
+
+def measure_decode_memory(worker, denoised: dict[str, Any]) -> dict[str, Any]:
+    """The decode worker's peak memory on one row's latents and on latents twice as high and wide (the
+    VAE decodes any latent size), fitted per latent element (actors.decode_memory)."""
+    from latentmill import schema
+    from latentmill.actors.decode_memory import fit_peak_memory, peak_memory
+
+    measured = []
+    for scale in (1, 2):
+        batch = dict(denoised)
+        batch[schema.LATENTS] = np.repeat(np.repeat(denoised[schema.LATENTS], scale, axis=-1), scale, axis=-2)
+        batch[schema.HEIGHT] = denoised[schema.HEIGHT] * scale
+        batch[schema.WIDTH] = denoised[schema.WIDTH] * scale
+        with peak_memory(worker.device) as peak:
+            worker(batch)
+        measured.append((int(batch[schema.LATENTS].size), int(peak.bytes)))
+    fixed, per_element = fit_peak_memory(measured)
+    dtype = str(worker.dtype).removeprefix("torch.")  # the dtype it ran in (float16 runs as float32 on a CPU)
+    return {"fixed_bytes": fixed, "bytes_per_latent_element": per_element, "dtype": dtype,
+            "device": str(worker.device), "samples": [list(sample) for sample in measured]}
 
 
 def describe_hardware(device: Any, threads: int) -> str:

@@ -63,6 +63,7 @@ def sized_config(config, config_path, overrides: dict[str, Any], plan_path=None)
             "auto-size on %s for %g %s(s):\n%s", calibration.hardware, budget.devices, budget.kind.upper(), plan.table()
         )
         stages = plan.stages_section()
+        stages["decode"]["peak_memory"] = calibration.decode_peak_memory()
     merged = dict(overrides)
     merged["stages"] = {
         stage: {**(overrides.get("stages", {}).get(stage, {})), **values} for stage, values in stages.items()
@@ -130,6 +131,9 @@ def plan_command(args) -> int:
         cost = calibration.costs[stage]
         print(f"  {stage:<8} t0 {cost.t0 * 1000:9.2f} ms  t1 {cost.t1 * 1000:9.2f} ms/row  "
               f"(load {calibration.load_seconds[stage]:.2f} s)")
+    memory = calibration.decode_memory
+    print(f"  decode peak memory {memory['fixed_bytes'] / 2**20:.4g} MiB + {memory['bytes_per_latent_element']:.4g} "
+          f"bytes per latent element ({memory['dtype']}, {memory['device']})")
     print(plan.table())
     if args.output:
         document = plan_document(
@@ -137,6 +141,7 @@ def plan_command(args) -> int:
             cpus_per_actor=args.cpus_per_actor,
             meta={"model": model, "hardware": calibration.hardware, "calibration": calibration.to_dict(),
                   "command": " ".join(sys.argv)},
+            decode_peak_memory=calibration.decode_peak_memory(),
         )
         write_plan(args.output, document)
         print(f"plan written to {args.output}; run it with `latentmill run ... --plan {args.output}`")

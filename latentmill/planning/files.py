@@ -10,9 +10,14 @@ from latentmill.schema import STAGES
 
 
 
-def plan_document(plan: Plan, cpus_per_actor: float = 0.25, meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """A plan file: a `stages:` section (what `latentmill run --plan` merges) plus the reasoning."""
-    return {"stages": plan.stages_section(cpus_per_actor), "plan": {**(meta or {}), **plan.to_dict()}}
+def plan_document(plan: Plan, cpus_per_actor: float = 0.25, meta: dict[str, Any] | None = None,
+                  decode_peak_memory: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A plan file: a `stages:` section (what `latentmill run --plan` merges, with the decode's measured peak
+    memory) plus the reasoning."""
+    stages = plan.stages_section(cpus_per_actor)
+    if decode_peak_memory is not None:
+        stages["decode"]["peak_memory"] = decode_peak_memory
+    return {"stages": stages, "plan": {**(meta or {}), **plan.to_dict()}}
 
 
 def write_plan(path, document: dict[str, Any]) -> None:

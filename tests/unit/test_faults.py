@@ -132,8 +132,8 @@ class FakeFamily:
         values = latents.mean(axis=(1, 2, 3)) / 10
         return np.broadcast_to(values[:, None, None, None, None], (len(latents), 1, 8, 8, 3)).astype(np.float32)
 
-    def enable_low_memory_decode(self) -> None:
-        self.low_memory = True
+    def low_memory_decode(self, on: bool) -> None:
+        self.low_memory = on
 
 
 class NullBackend:
@@ -186,7 +186,7 @@ def decode_worker(monkeypatch, tmp_path, fault_text=""):
     fs, root = storage.resolve(str(tmp_path / "out"))
     return make_worker(DecodeWorker, monkeypatch, fault_text, fs=fs, root=root, output_uri=str(tmp_path / "out"),
                        image_format="png", video_format="mp4", low_memory=False,
-                       latents_metadata=None, media_folder="media", reject_blank=False)
+                       latents_metadata=None, media_folder="media", reject_blank=False, memory_plan=None)
 
 
 def denoised(ids, monkeypatch, fault_text="", failed=None):
