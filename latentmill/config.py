@@ -320,9 +320,16 @@ class StageSettings(_Strict):
         "encoder's own (half the bytes of float32 at float16/bfloat16), or float32.",
     )
     denoise_options: DenoiseOptions = Field(default_factory=DenoiseOptions)
+    denoise_2: PoolSettings | None = Field(
+        None, description="A second denoise pool, for a model with two denoising experts (Wan 2.2 A14B): `denoise` "
+        "then holds only the first (high-noise) expert and runs the steps above the boundary, this pool the second "
+        "(low-noise) expert and the rest, each pool sized on its own. Unset: each denoise actor holds both.",
+    )
 
     def items(self) -> list[tuple[str, PoolSettings]]:
-        return [("encode", self.encode), ("denoise", self.denoise), ("decode", self.decode)]
+        """Every actor pool, in the order rows pass them (the second denoise pool where there is one)."""
+        second = [("denoise_2", self.denoise_2)] if self.denoise_2 is not None else []
+        return [("encode", self.encode), ("denoise", self.denoise), *second, ("decode", self.decode)]
 
 
 class RaySettings(_Strict):

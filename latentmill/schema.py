@@ -63,6 +63,9 @@ STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)  # the model stages, in ord
 # The one tensor column the generic code names: the denoiser's output. The conditioning columns between
 # encode and denoise are named by the model (its text encoder's outputs), any number of them.
 LATENTS = "latents"
+DENOISE_2 = "denoise_2"  # the second denoise pool of a model with two experts (stages.denoise_2); its stage is denoise
+# From the first to the second denoise pool: a row's latents and scheduler state at the experts' boundary.
+DENOISE_HANDOVER = "denoise_handover"
 INITIAL_NOISE = "initial_noise"  # optional: a row's own initial noise (interpolation), packed like conditioning
 
 

@@ -96,7 +96,7 @@ class StageWorker:
                 self._run_isolated(batch, out, [row])
             return
         per_row = (time.perf_counter() - started) / len(rows)
-        out[schema.seconds_column(self.stage)][rows] = per_row
+        out[schema.seconds_column(self.stage)][rows] += per_row  # (a second denoise pool adds to the first's)
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -271,17 +271,24 @@ class TextEncodeWorker(StageWorker):
 class DenoiseWorker(StageWorker):
     """Pool B: denoiser + scheduler. Conditioning + per-row seed -> final latents.
 
-    Takes each conditioning column the model declares, and drops it from the rows it passes on.
+    Takes each conditioning column the model declares, and drops it from the rows it passes on. With
+    `expert` set, the model's denoising is split over two pools (stages.denoise_2): expert 0's pool runs
+    the first steps and passes the conditioning on with each row's handover (latents and scheduler
+    state); expert 1's pool runs the rest from there and adds its time to the row's denoise seconds.
     """
 
     stage = schema.STAGE_DENOISE
 
-    def __init__(self, *args, options: DenoiseOptions | None = None, **kwargs) -> None:
+    def __init__(self, *args, options: DenoiseOptions | None = None, expert: int | None = None, **kwargs) -> None:
         self.options = options or DenoiseOptions()
+        self.expert = expert
         super().__init__(*args, **kwargs)
 
     def load(self) -> None:
-        self.family.load_denoiser(self.device, self.dtype)
+        if self.expert is None:
+            self.family.load_denoiser(self.device, self.dtype)
+        else:
+            self.family.load_denoiser_expert(self.device, self.dtype, self.expert)
         self.family.speed_up_denoiser(self.options.compile, self.options.attention_backend)
         self.columns = self.family.conditioning_columns()
 
@@ -292,23 +299,39 @@ class DenoiseWorker(StageWorker):
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE))
         size = len(batch[schema.ID])
-        out[schema.seconds_column(self.stage)] = np.zeros(size)
+        if self.expert == 0:  # the conditioning goes on to the second expert's pool
+            out = _copy_without(batch, (schema.INITIAL_NOISE,))
+            out[schema.seconds_column(self.stage)] = np.zeros(size)
+            out[schema.DENOISE_HANDOVER] = np.full(size, b"", dtype=object)
+            return out
+        out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE, schema.DENOISE_HANDOVER))
+        if self.expert is None:
+            out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.LATENTS] = [None] * size
         return out
 
     def finish(self, out):
-        out[schema.LATENTS] = _latents_column(out[schema.LATENTS])
+        if self.expert != 0:
+            out[schema.LATENTS] = _latents_column(out[schema.LATENTS])
         return out
 
     def process(self, batch, out, rows):
         conditioning = {name: [tensors.unpack(batch[name][row]) for row in rows] for name in self.columns}
-        noise = None
-        if schema.INITIAL_NOISE in batch:
-            noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
+        requests = _requests(self.family, batch, rows)
         self.faults.model_call()
-        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
+        if self.expert == 0:
+            for row, handover in zip(rows, self.family.denoise_first_expert(requests, conditioning)):
+                out[schema.DENOISE_HANDOVER][row] = handover
+            return
+        if self.expert == 1:
+            handover = [batch[schema.DENOISE_HANDOVER][row] for row in rows]
+            latents = self.family.denoise_second_expert(requests, conditioning, handover)
+        else:
+            noise = None
+            if schema.INITIAL_NOISE in batch:
+                noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
+            latents = self.family.denoise(requests, conditioning, noise)
         for row, value in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])) and not is_retry(batch, row):
                 value[...] = np.nan

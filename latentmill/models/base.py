@@ -161,6 +161,27 @@ class Family:
         """
         raise NotImplementedError
 
+    # ---- a denoiser of two experts in two pools (stages.denoise_2) ----------------------------
+
+    def denoise_split_problem(self) -> str | None:
+        """Why this model's denoising cannot be split over two pools, one per expert; None if it can."""
+        return "it has a single denoiser (two denoise pools are for models with two experts, e.g. Wan 2.2 A14B)"
+
+    def load_denoiser_expert(self, device: torch.device, dtype: torch.dtype, expert: int) -> None:
+        """Load expert 0 (the steps from the start) or expert 1 (the rest) and the scheduler only."""
+        raise NotImplementedError
+
+    def denoise_first_expert(self, requests: list[Request],
+                             conditioning: dict[str, list[np.ndarray | None]]) -> list[bytes]:
+        """Run the first expert's steps from each row's own noise; per row, what the second expert needs to
+        go on exactly (the latents and the scheduler's state), packed."""
+        raise NotImplementedError
+
+    def denoise_second_expert(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]],
+                              handover: list[bytes]) -> list[np.ndarray]:
+        """The remaining steps from the first expert's handover; final latents (float32) per row."""
+        raise NotImplementedError
+
     def initial_noise(self, request: Request) -> np.ndarray:
         """The initial noise the plain pipeline draws for this row's seed, float32, in the family's
         unpacked latent layout (what interpolation blends); families without it cannot interpolate."""

@@ -38,6 +38,19 @@ def unpack(data: bytes) -> np.ndarray | None:
     return np.lib.format.read_array(io.BytesIO(data), allow_pickle=False)
 
 
+def pack_named(arrays: dict[str, np.ndarray]) -> bytes:
+    """Several named arrays of one row as bytes (an .npz; bfloat16 as its bits, like `pack`)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **{name: np.ascontiguousarray(array) if np.ndim(array) else np.asarray(array)
+                        for name, array in arrays.items()})
+    return buffer.getvalue()
+
+
+def unpack_named(data: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(data), allow_pickle=False) as archive:
+        return {name: archive[name] for name in archive.files}
+
+
 def to_numpy(tensor: torch.Tensor) -> np.ndarray:
     import torch
 

@@ -82,8 +82,11 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         "limits": config.limits.model_dump(mode="json"),
         "formats": [config.output.image_format, config.output.video_format],
         "model_hash": model_hash,
-        "dtypes": [pool.dtype for _, pool in config.stages.items()],
+        "dtypes": [config.stages.encode.dtype, config.stages.denoise.dtype, config.stages.decode.dtype],
     }
+    # Where the experts run does not change the outputs; the second expert's dtype does.
+    if config.stages.denoise_2 is not None and config.stages.denoise_2.dtype != config.stages.denoise.dtype:
+        decisive["dtypes"].append(config.stages.denoise_2.dtype)
     # Settings added later count only when set, so outputs of earlier versions still resume.
     if not decisive["defaults"]["model_parameters"]:
         del decisive["defaults"]["model_parameters"]
@@ -318,6 +321,11 @@ def prepare(config: JobConfig):
             check_source(table, family, config.model.path, options)
     except (InputError, StorageError, ModelError, DefaultsError, LatentsMismatch) as exc:
         raise JobError(str(exc)) from None
+    if config.stages.denoise_2 is not None and config.decode is None:
+        problem = family.denoise_split_problem()
+        if problem:
+            raise JobError(f"stages.denoise_2 is set, but the model {config.model.path} cannot split its denoising "
+                           f"over two pools: {problem}. Remove stages.denoise_2 from the job file")
     rules = RowRules(
         prompt_column=config.input.prompt_column,
         id_column=config.input.id_column,

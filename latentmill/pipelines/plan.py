@@ -72,7 +72,9 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
     ds = ds.repartition(target_num_rows_per_block=smallest_batch)
 
     workers = stage_workers()
-    for stage, pool in config.stages.items():
+    split = config.stages.denoise_2 is not None
+    for pool_name, pool in config.stages.items():
+        stage = schema.STAGE_DENOISE if pool_name == schema.DENOISE_2 else pool_name
         kwargs = worker_kwargs(pool, model)
         kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
         if stage == schema.STAGE_ENCODE:
@@ -83,6 +85,8 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
                     encoder_content_hash(config.model.path, storage_options))
         if stage == schema.STAGE_DENOISE:
             kwargs["options"] = config.stages.denoise_options
+            if split:  # one expert per pool
+                kwargs["expert"] = 1 if pool_name == schema.DENOISE_2 else 0
         if stage == schema.STAGE_DECODE:
             kwargs.update(decode_kwargs(config, model, rules, storage_options))
         ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))

@@ -40,6 +40,8 @@ def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
     denoise_cost = document["plan"]["calibration"]["costs"]["denoise"]
     # The fitted split of a batch's time into t0 + batch x t1 depends on machine load; its sum must not.
     assert denoise_cost["t0"] >= 0 and denoise_cost["t1"] >= 0 and denoise_cost["t0"] + denoise_cost["t1"] > 0
+    # the decode's measured peak memory travels to the run in the stages section
+    assert set(stages["decode"]["peak_memory"]) == {"fixed_bytes", "bytes_per_latent_element", "dtype", "device"}
 
     table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(12)])
     out = tmp_path / "out"
