@@ -159,3 +159,27 @@ def test_wan22_two_experts_in_one_denoise_pool_match_plain_diffusers(ray_local, 
     assert (summary.outputs_written, summary.rows_failed) == (3, 0)
     manifest = check_against_reference(str(tmp_path / "out"), "builtin:tiny-wan22", 3)
     assert {row[schema.PROMPT]: row["guidance_scale_2"] for row in manifest}["a forest"] == 1.5
+
+
+@pytest.mark.parametrize("batch_size", [1, 2])
+def test_wan22_one_expert_per_denoise_pool_matches_plain_diffusers(ray_local, tmp_path, batch_size):
+    """Wan 2.2 A14B's experts in two pools (stages.denoise_2), each sized on its own; the high-noise pool hands
+    the latents and the scheduler's state to the low-noise one."""
+    rows = [{"prompt": "a river at dawn", "seed": 1}, {"prompt": "a forest", "seed": 2, "guidance_scale_2": 1.5},
+            {"prompt": "a city at night", "seed": 3, "guidance_scale": 1.0}]
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    second = {"batch_size": 1, "num_cpus": 0.5, "torch_threads": 1}
+    summary, config = generate(str(table), str(tmp_path / "out"), model="builtin:tiny-wan22", batch_size=batch_size,
+                               output={"video_format": "apng"}, stages={"denoise_2": second})
+    assert config.stages.denoise_2 is not None
+    assert (summary.outputs_written, summary.rows_failed) == (3, 0)
+    manifest = check_against_reference(str(tmp_path / "out"), "builtin:tiny-wan22", 3)
+    assert all(row["denoise_seconds"] > 0 and row["decode_mode"] == "full" for row in manifest)
+
+
+def test_a_second_denoise_pool_for_a_model_with_one_denoiser_is_refused(tmp_path):
+    from latentmill.pipelines.job import JobError
+
+    table = write_table(tmp_path / "prompts.parquet", [{"prompt": "a river"}])
+    with pytest.raises(JobError, match="stages.denoise_2 is set, but the model builtin:tiny-video cannot split"):
+        generate(str(table), str(tmp_path / "out"), model="builtin:tiny-video", stages={"denoise_2": {}})
