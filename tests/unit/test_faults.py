@@ -176,7 +176,7 @@ def make_worker(cls, monkeypatch, fault_text: str, **attributes):
 def denoise_worker(monkeypatch, fault_text=""):
     from latentmill.actors.stages import DenoiseWorker
 
-    return make_worker(DenoiseWorker, monkeypatch, fault_text, columns=("prompt_embeds",))
+    return make_worker(DenoiseWorker, monkeypatch, fault_text, columns=("prompt_embeds",), expert=None)
 
 
 def decode_worker(monkeypatch, tmp_path, fault_text=""):
