@@ -183,3 +183,17 @@ def test_a_second_denoise_pool_for_a_model_with_one_denoiser_is_refused(tmp_path
     table = write_table(tmp_path / "prompts.parquet", [{"prompt": "a river"}])
     with pytest.raises(JobError, match="stages.denoise_2 is set, but the model builtin:tiny-video cannot split"):
         generate(str(table), str(tmp_path / "out"), model="builtin:tiny-video", stages={"denoise_2": {}})
+
+
+def test_a_decode_budget_below_the_estimate_decodes_tiled_from_the_start(ray_local, tmp_path):
+    """The planner's measured peak memory and a decode budget in the job file: tiled decoding up front, recorded
+    per output, and the video equals plain diffusers (the tiny model's frames fit in one of the VAE's tiles)."""
+    rows = [{"prompt": "a river at dawn", "seed": 1}, {"prompt": "a forest", "seed": 2}]
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    peak = {"fixed_bytes": 0, "bytes_per_latent_element": 2400.0, "dtype": "float32", "device": "cpu"}
+    decode = {"batch_size": 2, "num_cpus": 0.5, "torch_threads": 1, "memory_budget_gb": 0.001, "peak_memory": peak}
+    summary, _ = generate(str(table), str(tmp_path / "out"), model="builtin:tiny-video", batch_size=2,
+                          output={"video_format": "apng"}, stages={"decode": decode})
+    assert (summary.outputs_written, summary.rows_failed) == (2, 0)
+    manifest = check_against_reference(str(tmp_path / "out"), "builtin:tiny-video", 2)
+    assert [row["decode_mode"] for row in manifest] == ["tiled", "tiled"]
