@@ -80,7 +80,8 @@ def saved_run(ray_local, tmp_path_factory):
 def test_another_format_and_tiled_decoding(saved_run, tmp_path):
     summary = decode_again(str(saved_run), str(tmp_path / "webp"), output={"image_format": "webp"}, tiling=True)
     assert summary.outputs_written == 2
-    assert all(row[schema.MIME_TYPE] == "image/webp" for row in manifest_of(str(tmp_path / "webp")).values())
+    rows = manifest_of(str(tmp_path / "webp")).values()
+    assert all(row[schema.MIME_TYPE] == "image/webp" and row[schema.DECODE_MODE] == "tiled" for row in rows)
 
 
 def test_latents_of_another_family_are_refused_before_anything_starts(saved_run, tmp_path, capsys):
