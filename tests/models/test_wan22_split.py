@@ -40,7 +40,8 @@ def requests() -> list[Request]:
                        (("guidance_scale_2", guidance_2),))
 
     return [make(0, "a river at dawn", 1, 4.0, 2.0), make(1, "a forest in the snow", 2, 4.0, 2.0),
-            make(2, "a city at night", 3, 1.0, 3.0), make(3, "eight steps", 4, 5.0, 1.5, steps=8)]
+            make(2, "a city at night", 3, 1.0, 3.0), make(3, "eight steps", 4, 5.0, 1.5, steps=8),
+            make(4, "one step: the high-noise expert's only", 5, 4.0, 2.0, steps=1)]
 
 
 def split_denoise(stages, batch: list[Request]) -> list[np.ndarray]:
@@ -56,7 +57,7 @@ def split_denoise(stages, batch: list[Request]) -> list[np.ndarray]:
 def test_two_expert_stages_equal_one_stage_with_both_and_plain_diffusers(stages, batch_size):
     encoder, _, _, both, decoder = stages
     rows = requests()
-    groups = [rows[i:i + batch_size] for i in range(0, 2, batch_size)] + [[rows[2]], [rows[3]]]
+    groups = [rows[i:i + batch_size] for i in range(0, 2, batch_size)] + [[row] for row in rows[2:]]
     family = decoder
     pipe = family.reference_pipeline()
     pipe.set_progress_bar_config(disable=True)
