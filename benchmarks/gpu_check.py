@@ -11,7 +11,9 @@ skipped when the time limit would be passed:
    (SDXL's VAE is upcast to float32 as diffusers does; the frames must be finite) and in bfloat16;
 4. a model-FLOPs utilisation estimate from the UNet's counted FLOPs per step and the measured rates;
 5. the denoise pool's speed options (`compile`, `attention_backend`), in this process, batch by batch;
-6. FLUX.1-dev's transformer alone at full size: FLOPs, seconds per step, peak memory, MFU, plain and compiled.
+6. FLUX.1-dev's transformer alone at full size: FLOPs, seconds per step, peak memory, MFU, plain and compiled;
+7. the planned decode: the planner's memory fit from one row against a whole batch's measured peak, and the
+   mode (full, sliced, tiled) a decode actor picks for budgets that fit the batch, one row, or less.
 
 Everything lands in `--out` as `gpu-check.json` and `gpu-check.md`. With `--model builtin:tiny-sdxl` the same
 script runs on a CPU in a minute (that is how the suite keeps it working).
@@ -339,6 +341,84 @@ def flux_denoiser(args) -> dict[str, Any] | None:
     return result  # the model's memory goes with this frame
 
 
+def decode_memory(args, model: str) -> dict[str, Any]:
+    """The planned decode on the GPU: the planner's fit from one row against the measured peak of a whole batch,
+    and the mode a decode actor picks up front for budgets that fit the batch, one row, or less."""
+    import numpy as np
+    import pyarrow as pa
+    import torch
+
+    from latentmill import schema
+    from latentmill.actors.decode_memory import peak_memory
+    from latentmill.actors.stages import stage_workers
+    from latentmill.config import DecodePeakMemory, GenerationDefaults, Limits
+    from latentmill.io.hidden import HiddenOptions
+    from latentmill.models import resolve_model
+    from latentmill.pipelines.validate import RowRules, resolve_defaults, validate_batch
+    from latentmill.planning.calibrate import measure_decode_memory
+
+    gpu = torch.cuda.is_available()
+    device = "cuda" if gpu else "cpu"
+
+    def empty_cache() -> None:
+        if gpu:
+            torch.cuda.empty_cache()
+
+    ref = resolve_model(model)
+    family = ref.family()
+    defaults = resolve_defaults(GenerationDefaults(height=args.height, width=args.width, num_inference_steps=args.steps,
+                                                   guidance_scale=args.guidance),
+                                family.generation_defaults(), family.extra_parameters)
+    rules = RowRules(prompt_column="prompt", id_column="id", defaults=defaults, job_seed=0,
+                     limits=Limits(max_height=1 << 16, max_width=1 << 16, max_frames=1 << 16, max_steps=1 << 16),
+                     family=family)
+    rows = args.batch_size // 2 or 1
+    batch = validate_batch(pa.table({"id": [f"row-{i}" for i in range(rows)], "prompt": ["a lighthouse"] * rows,
+                                     "seed": list(range(rows))}), rules)
+    workers = stage_workers()
+    common = {"model": ref, "num_gpus": 1.0 if gpu else 0, "dtype": "bfloat16" if gpu else "float32",
+              "torch_threads": 2}
+    output = args.workdir / "decode-memory"
+
+    def decoder(**extra):
+        return workers[schema.STAGE_DECODE](**common, output_uri=str(output), storage_options=HiddenOptions({}),
+                                            image_format="png", video_format="mp4", **extra)
+
+    encoder = workers[schema.STAGE_ENCODE](**common)
+    denoised = workers[schema.STAGE_DENOISE](**common)(encoder(batch))
+    del encoder
+    empty_cache()
+    first = {key: value[:1] for key, value in denoised.items()}
+    measure = decoder()
+    fit = measure_decode_memory(measure, first)
+    with peak_memory(device) as whole:
+        measure(denoised)
+    elements = int(np.asarray(denoised[schema.LATENTS]).size)
+    predicted = fit["fixed_bytes"] + fit["bytes_per_latent_element"] * elements
+    weights = sum(t.numel() * t.element_size() for m in measure.family.loaded_modules().values()
+                  for t in (*m.parameters(), *m.buffers()))
+    del measure
+    empty_cache()
+    one_row = fit["fixed_bytes"] + fit["bytes_per_latent_element"] * elements / rows
+    budgets = {"fits the batch": weights + predicted * 1.1, "fits one row": weights + (one_row + predicted) / 2,
+               "fits less than one row": weights + one_row * 0.5}
+    peak = DecodePeakMemory(**{k: v for k, v in fit.items() if k != "samples"})
+    choices = []
+    for label, budget in budgets.items():
+        worker = decoder(memory_budget_gb=budget / 2**30, peak_memory=peak)
+        with peak_memory(device) as used:
+            out = worker(denoised)
+        choices.append({"budget": label, "budget_mib": budget / 2**20, "mode": sorted(set(out[schema.DECODE_MODE])),
+                        "peak_above_weights_mib": used.bytes / 2**20,
+                        "within_budget": used.bytes <= budget - weights,
+                        "errors": [str(m) for m in out[schema.ERROR_MESSAGE] if m]})
+        del worker
+        empty_cache()
+    return {"rows": rows, "dtype": common["dtype"], "fit": fit, "predicted_batch_mib": predicted / 2**20,
+            "measured_batch_mib": whole.bytes / 2**20, "prediction_error": predicted / whole.bytes - 1,
+            "vae_weights_mib": weights / 2**20, "choices": choices}
+
+
 def markdown(result: dict[str, Any]) -> str:
     env = result["environment"]
     lines = [f"GPU check: {env.get('gpu') or 'no GPU'} ({env.get('gpu_memory_gib')} GiB), torch {env['torch']}, "
@@ -418,6 +498,18 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {row['option']} | {', '.join(fmt(t) for t in row.get('step_seconds', []))} "
                          f"| {fmt(row.get('images_per_s'))} | {fmt(row.get('mfu'))} | {row.get('error', '')} |")
         lines.append("")
+    planned = result.get("decode_memory")
+    if planned and "choices" in planned:
+        lines += [f"Planned decode ({planned['rows']} rows, {planned['dtype']}): the fit from one row predicts "
+                  f"{fmt(planned['predicted_batch_mib'])} MiB for the batch, measured "
+                  f"{fmt(planned['measured_batch_mib'])} MiB ({planned['prediction_error']:+.1%}); VAE weights "
+                  f"{fmt(planned['vae_weights_mib'])} MiB.", "",
+                  "| decode budget | MiB | mode picked | peak above weights, MiB | within budget | errors |",
+                  "|---|---|---|---|---|---|"]
+        for row in planned["choices"]:
+            lines.append(f"| {row['budget']} | {fmt(row['budget_mib'])} | {', '.join(row['mode'])} "
+                         f"| {fmt(row['peak_above_weights_mib'])} | {row['within_budget']} | {len(row['errors'])} |")
+        lines.append("")
     lines += ["Step seconds: " + ", ".join(f"{k} {v:.0f}" for k, v in result["step_seconds"].items()), ""]
     return "\n".join(lines)
 
@@ -445,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--contenders", default="a,b,c", help="which of the compare's contenders to run")
     parser.add_argument("--time-limit", type=float, default=420.0, help="seconds; later steps are skipped past it")
-    parser.add_argument("--only", default="compare,stages,flops,speed-options,flux-denoiser",
+    parser.add_argument("--only", default="compare,stages,flops,speed-options,flux-denoiser,decode-memory",
                         help="which steps to run (a rerun that measures what an earlier one skipped)")
     parser.add_argument("--flux-batch", type=int, default=4, help="images per forward of the FLUX.1-dev step")
     parser.add_argument("--flux-steps", type=int, default=28, help="steps per image, for its images/s")
@@ -512,6 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                          for key, values in compare["contenders"].items()}
     result["speed_options"] = step("speed options", lambda: speed_options(args, model, deadline), minimum=90)
     result["flux_denoiser"] = step("flux denoiser", lambda: flux_denoiser(args), minimum=60)
+    result["decode_memory"] = step("decode memory", lambda: decode_memory(args, model), minimum=60)
     save()
     print((args.out / "gpu-check.md").read_text())
     return 0
