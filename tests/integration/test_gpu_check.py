@@ -20,7 +20,8 @@ def test_gpu_check_runs_every_step_on_a_cpu(tmp_path, model_cache):
     result = subprocess.run(
         [sys.executable, "benchmarks/gpu_check.py", "--model", "builtin:tiny-sdxl", "--out", str(out),
          "--rows", "8", "--height", "64", "--width", "64", "--steps", "2", "--batch-size", "4",
-         "--contenders", "a,c", "--only", "compare,stages,flops,speed-options"],  # the peer needs a pipeline per actor: the slowest part, and not GPU code
+         # the peer needs a pipeline per actor: the slowest part, and not GPU code
+         "--contenders", "a,c", "--only", "compare,stages,flops,speed-options"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "gpu-check.json").read_text())
