@@ -23,6 +23,7 @@ from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelError, ModelRef, tensors
+from latentmill.models.base import AudioTrack
 from latentmill.rows import Request, request_at, unfold_samples
 
 log = logging.getLogger(__name__)
@@ -283,6 +284,7 @@ class DenoiseWorker(StageWorker):
         self.family.load_denoiser(self.device, self.dtype)
         self.family.speed_up_denoiser(self.options.compile, self.options.attention_backend)
         self.columns = self.family.conditioning_columns()
+        self.latent_columns = (schema.LATENTS, *self.family.extra_latent_columns)
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
@@ -294,11 +296,13 @@ class DenoiseWorker(StageWorker):
         out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE))
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
-        out[schema.LATENTS] = [None] * size
+        for name in self.latent_columns:
+            out[name] = [None] * size
         return out
 
     def finish(self, out):
-        out[schema.LATENTS] = _latents_column(out[schema.LATENTS])
+        for name in self.latent_columns:
+            out[name] = _latents_column(out[name])
         return out
 
     def process(self, batch, out, rows):
@@ -307,15 +311,18 @@ class DenoiseWorker(StageWorker):
         if schema.INITIAL_NOISE in batch:
             noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
         self.faults.model_call()
-        latents = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
-        for row, value in zip(rows, latents):
+        denoised = self.family.denoise(_requests(self.family, batch, rows), conditioning, noise)
+        # one dict of named latents per row (`latents`, and a family's extra ones such as its audio's)
+        latents = [value if isinstance(value, dict) else {schema.LATENTS: value} for value in denoised]
+        for row, named in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])) and not is_retry(batch, row):
-                value[...] = np.nan
-        for row, value in zip(rows, latents):
-            if not np.isfinite(value).all():
+                named[schema.LATENTS][...] = np.nan
+        for row, named in zip(rows, latents):
+            if not all(np.isfinite(value).all() for value in named.values()):
                 raise FloatingPointError(f"denoiser produced non-finite latents for row {batch[schema.ID][row]!r}")
-        for row, value in zip(rows, latents):
-            out[schema.LATENTS][row] = value
+        for row, named in zip(rows, latents):
+            for name in self.latent_columns:
+                out[name][row] = named[name]
 
 
 class DecodeWorker(StageWorker):
@@ -375,20 +382,28 @@ class DecodeWorker(StageWorker):
         batch[schema.LATENTS] = _latents_column(values)
         return batch
 
+    def _extra_latent_columns(self, batch) -> tuple[str, ...]:
+        """The family's extra latents this batch has (a decode job of saved latents has none)."""
+        return tuple(name for name in self.family.extra_latent_columns if name in batch)
+
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
+        names = (schema.LATENTS, *self._extra_latent_columns(batch))
         for row in rows:
-            groups.setdefault(np.shape(batch[schema.LATENTS][row]), []).append(row)
+            groups.setdefault(tuple(np.shape(batch[name][row]) for name in names), []).append(row)
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, (schema.LATENTS,))
+        out = _copy_without(batch, (schema.LATENTS, *self.family.extra_latent_columns))
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.OUTPUT_URI] = np.full(size, "", dtype=object)
         out[schema.BYTES] = np.zeros(size, dtype=np.int64)
         out[schema.SHA256] = np.full(size, "", dtype=object)
         out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
+        if self.family.has_audio:
+            for name in schema.AUDIO_COLUMNS:
+                out[name] = np.full(size, None, dtype=object)
         if self.latents_metadata is not None:
             out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
             out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
@@ -398,6 +413,8 @@ class DecodeWorker(StageWorker):
         from latentmill.io import media
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
+        extra = {name: np.stack([np.asarray(batch[name][row], dtype=np.float32) for row in rows])
+                 for name in self._extra_latent_columns(batch)}
         requests = _requests(self.family, batch, rows)
         try:
             self.faults.model_call()
@@ -412,14 +429,15 @@ class DecodeWorker(StageWorker):
             self.low_memory = True
             self.faults.model_call()
             decoded = self.family.decode(latents, requests)
+        tracks = self.family.decode_audio(extra, requests) if self.family.has_audio and extra else [None] * len(rows)
         frames = media.to_uint8(decoded)
-        for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
+        for row, row_frames, row_latents, request, track in zip(rows, frames, latents, requests, tracks):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
                 row_frames[...] = 0
             if self.reject_blank and is_blank(row_frames):
                 mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
                 continue
-            self._write(batch, out, row, row_frames)
+            self._write(batch, out, row, row_frames, track)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, row_latents, request)
 
@@ -434,12 +452,20 @@ class DecodeWorker(StageWorker):
         out[schema.LATENTS_URI][row] = storage.join(self.output_uri, saved.LATENTS_FOLDER, key)
         out[schema.LATENTS_SHA256][row] = hashlib.sha256(data).hexdigest()
 
-    def _write(self, batch, out, row: int, frames: np.ndarray) -> None:
+    def _write(self, batch, out, row: int, frames: np.ndarray, track: AudioTrack | None = None) -> None:
         from latentmill.io import media, storage
 
         if self.family.is_video:
-            data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format)
+            if track is not None and not media.carries_audio(self.video_format):
+                track = None  # e.g. apng: the video alone, and the manifest says it has no sound
+            data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format,
+                                      audio=None if track is None else track.samples,
+                                      sample_rate=None if track is None else track.sample_rate)
             extension, mime = media.format_info(self.video_format)
+            if track is not None:
+                out[schema.AUDIO_SAMPLE_RATE][row] = track.sample_rate
+                out[schema.AUDIO_CHANNELS][row] = track.samples.shape[0]
+                out[schema.AUDIO_SECONDS][row] = track.seconds
         else:
             data = media.encode_image(frames[0], self.image_format)
             extension, mime = media.format_info(self.image_format)
