@@ -161,6 +161,7 @@ class ResultWriter:
                 row = {name: _plain(batch[name][index]) if name in batch else None for name in self.store.columns}
                 if row.get(schema.FPS) == 0:  # an image: a frame rate does not apply (video rows need fps > 0)
                     row[schema.FPS] = None
+                _sound_columns(row)
                 row.update(self.static)
                 outputs.append(row)
                 summary.outputs_written += 1
@@ -202,6 +203,16 @@ class ResultWriter:
 
         data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
         storage.put_bytes(self.fs, storage.join(self.root, name), data)
+
+
+def _sound_columns(row: dict[str, Any]) -> None:
+    """A video's sound columns as written: Ray hands a column with nulls back as floats with NaN."""
+    for name in (name for name in schema.AUDIO_COLUMNS if name in row):
+        value = row[name]
+        if value is None or value != value:
+            row[name] = None
+        elif name != schema.AUDIO_SECONDS:
+            row[name] = int(value)
 
 
 def _plain(value: Any) -> Any:
