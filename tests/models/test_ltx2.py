@@ -47,10 +47,10 @@ ROWS = [
 SOUND_SLACK = 1 / 25 / 2 + 3 * 0.01 + 1e-9
 
 
-def run_stages(ref, requests: list[Request], batch_size: int):
+def run_stages(ref, requests: list[Request], batch_size: int, dtype_name: str = "float32"):
     """Frames, sound tracks and shipped conditioning per row; stages batch rows of one group `batch_size` at a time."""
     encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
-    device, dtype = encoder.prepare_runtime(0, "float32", 1)
+    device, dtype = encoder.prepare_runtime(0, dtype_name, 1)
     encoder.load_encoder(device, dtype)
     denoiser.load_denoiser(device, dtype)
     decoder.load_decoder(device, dtype)
@@ -96,6 +96,17 @@ def test_stages_equal_plain_ltx2_pipeline_in_frames_and_sound(ref, batch_size):
         assert np.abs(got_track.samples - want_track.samples).max() <= 1e-4, r.id
         assert np.abs(got_track.samples).max() > 1e-3  # a real waveform, not silence
         assert abs(got_track.seconds - r.num_frames / r.fps) <= SOUND_SLACK, r.id
+
+
+@pytest.mark.slow
+def test_every_stage_runs_in_bfloat16_as_on_a_gpu(ref):
+    full_frames, full_tracks, _, _ = run_stages(ref, ROWS[:2], 2)
+    half_frames, half_tracks, _, _ = run_stages(ref, ROWS[:2], 2, "bfloat16")
+    for full, half in zip(full_frames, half_frames):
+        assert np.isfinite(half).all() and np.abs(half - full).mean() < 0.05
+    for full, half in zip(full_tracks, half_tracks):
+        assert half.samples.dtype == np.float32 and half.samples.shape == full.samples.shape
+        assert np.isfinite(half.samples).all() and np.abs(half.samples - full.samples).mean() < 0.05
 
 
 def test_the_mp4_carries_the_video_and_its_sound(ref):
