@@ -363,23 +363,29 @@ class DecodeWorker(StageWorker):
         return super().__call__(batch)
 
     def _read_latents(self, batch):
-        """Latents of a decode job's rows from their saved objects; an unreadable one fails its row."""
+        """Latents of a decode job's rows from their saved objects; an unreadable one fails its row. A family's
+        further latents (its sound's) come along where every row's object has them."""
         from latentmill.io import latents as saved, storage
 
         batch = dict(batch)
         for column in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
             batch[column] = np.array(batch[column], copy=True)  # Ray's batch arrays are read-only
         options = self.storage_options.reveal()
-        values = []
+        values, extras = [], {name: [] for name in self.family.extra_latent_columns}
         for row, uri in enumerate(batch[schema.LATENTS_URI]):
-            value = None
+            value, extra = None, {}
             if not batch[schema.ERROR_STAGE][row]:
                 try:
-                    value, _ = saved.decode_latents(storage.read_bytes(*storage.resolve(str(uri), options)))
+                    value, extra, _ = saved.decode_all_latents(storage.read_bytes(*storage.resolve(str(uri), options)))
                 except Exception as exc:  # noqa: BLE001 - a missing or broken object fails its row only
                     mark_error(batch, row, self.stage, RuntimeError(f"cannot read the latents {uri}: {exc}"))
             values.append(value)
+            for name, column in extras.items():
+                column.append(extra.get(name))
         batch[schema.LATENTS] = _latents_column(values)
+        for name, column in extras.items():
+            if all(extra is not None for extra, value in zip(column, values) if value is not None):
+                batch[name] = _latents_column(column)
         return batch
 
     def _extra_latent_columns(self, batch) -> tuple[str, ...]:
@@ -439,14 +445,17 @@ class DecodeWorker(StageWorker):
                 continue
             self._write(batch, out, row, row_frames, track)
             if self.latents_metadata is not None:
-                self._save_latents(out, row, row_latents, request)
+                position = rows.index(row)
+                self._save_latents(out, row, row_latents, request,
+                                   {name: values[position] for name, values in extra.items()})
 
-    def _save_latents(self, out, row: int, latents: np.ndarray, request: Request) -> None:
-        """The row's latents next to its media; the manifest row (written after) names both."""
+    def _save_latents(self, out, row: int, latents: np.ndarray, request: Request,
+                      extra: dict[str, np.ndarray]) -> None:
+        """The row's latents (and its further ones) next to its media; the manifest row (written after) names both."""
         from latentmill.io import latents as saved, storage
 
         parameters = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
-        data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters})
+        data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters}, extra)
         key = media_key(request.id, saved.EXTENSION)
         storage.put_bytes(self.fs, storage.join(self.root, saved.LATENTS_FOLDER, key), data)
         out[schema.LATENTS_URI][row] = storage.join(self.output_uri, saved.LATENTS_FOLDER, key)

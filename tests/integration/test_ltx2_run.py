@@ -72,3 +72,20 @@ def test_ltx2_apng_run_has_no_sound_columns_filled(ray_local, tmp_path):
     [row] = pq.read_table(out / "manifest").to_pylist()
     assert row[schema.MIME_TYPE] == "image/apng"
     assert row[schema.AUDIO_SAMPLE_RATE] is None and row[schema.AUDIO_SECONDS] is None
+
+
+def test_ltx2_saved_latents_decode_again_with_their_sound(ray_local, tmp_path):
+    import latentmill
+
+    from tests.helpers import generate
+
+    table = write_table(tmp_path / "prompts.parquet", [{"prompt": "a lighthouse", "seed": 3}])
+    generate(str(table), str(tmp_path / "run"), model="builtin:tiny-ltx2", batch_size=1,
+             output={"save_latents": True})
+    again = latentmill.decode(str(tmp_path / "run"), str(tmp_path / "decoded"), ray={"progress_bars": False},
+                              stages={"decode": {"batch_size": 1, "num_cpus": 0.5, "torch_threads": 1}})
+    assert (again.outputs_written, again.rows_failed) == (1, 0)
+    [original] = pq.read_table(tmp_path / "run" / "manifest").to_pylist()
+    [decoded] = pq.read_table(tmp_path / "decoded" / "manifest").to_pylist()
+    assert decoded[schema.AUDIO_SECONDS] == original[schema.AUDIO_SECONDS] is not None
+    assert decoded[schema.SHA256] == original[schema.SHA256]  # the same video and the same sound
