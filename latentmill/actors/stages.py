@@ -389,7 +389,7 @@ class DecodeWorker(StageWorker):
         return batch
 
     def _extra_latent_columns(self, batch) -> tuple[str, ...]:
-        """The family's extra latents this batch has (a decode job of saved latents has none)."""
+        """The family's extra latents this batch has (a decode job's saved latents may lack them)."""
         return tuple(name for name in self.family.extra_latent_columns if name in batch)
 
     def group(self, batch, rows):
@@ -437,7 +437,7 @@ class DecodeWorker(StageWorker):
             decoded = self.family.decode(latents, requests)
         tracks = self.family.decode_audio(extra, requests) if self.family.has_audio and extra else [None] * len(rows)
         frames = media.to_uint8(decoded)
-        for row, row_frames, row_latents, request, track in zip(rows, frames, latents, requests, tracks):
+        for position, (row, row_frames, request, track) in enumerate(zip(rows, frames, requests, tracks)):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
                 row_frames[...] = 0
             if self.reject_blank and is_blank(row_frames):
@@ -445,8 +445,7 @@ class DecodeWorker(StageWorker):
                 continue
             self._write(batch, out, row, row_frames, track)
             if self.latents_metadata is not None:
-                position = rows.index(row)
-                self._save_latents(out, row, row_latents, request,
+                self._save_latents(out, row, latents[position], request,
                                    {name: values[position] for name, values in extra.items()})
 
     def _save_latents(self, out, row: int, latents: np.ndarray, request: Request,
