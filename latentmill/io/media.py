@@ -196,6 +196,8 @@ def encode_video(
     arr = _check_uint8(frames, 4, "frames")
     rate = _fps_fraction(fps)
     if f == "apng":
+        if audio is not None:
+            raise ValueError("apng cannot carry sound; encode the video as mp4 to keep its audio")
         return _encode_apng(arr, rate)
     if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
         raise ValueError(f"crf must be an int in 0..51, got {crf!r}")
