@@ -53,16 +53,12 @@ class LTX2(ModularFamily):
     # ---- rules --------------------------------------------------------------------------------
 
     def _vae_factors(self) -> tuple[int, int]:
-        """(temporal, spatial) compression of the video VAE: its patchify times its 2x downsamplings."""
+        """(temporal, spatial) compression of the video VAE, as diffusers derives it: the config's ratios, else
+        its patchify times 2 per scaling level."""
         config = self.component_config("vae")
-        temporal = config.get("temporal_compression_ratio")
-        spatial = config.get("spatial_compression_ratio")
-        if temporal and spatial:
-            return temporal, spatial
-        kinds = [kind for kind, scaled in zip(config["downsample_type"], config["spatio_temporal_scaling"]) if scaled]
-        temporal = config["patch_size_t"] * 2 ** sum(kind in ("temporal", "spatiotemporal") for kind in kinds)
-        spatial = config["patch_size"] * 2 ** sum(kind in ("spatial", "spatiotemporal") for kind in kinds)
-        return temporal, spatial
+        scaled = 2 ** sum(np.atleast_1d(config["spatio_temporal_scaling"]))
+        return (config.get("temporal_compression_ratio") or config["patch_size_t"] * scaled,
+                config.get("spatial_compression_ratio") or config["patch_size"] * scaled)
 
     def vae_scale_factor(self) -> int:
         return self._vae_factors()[1]
