@@ -79,6 +79,12 @@ BYTES = "bytes"
 SHA256 = "sha256"
 MIME_TYPE = "mime_type"
 DECODE_MODE = "decode_mode"  # full (the batch in one VAE call) | sliced (one row per call) | tiled (the VAE's tiling)
+# A video's sound track as written into its media (null where the format has none, e.g. apng); for
+# models whose videos have sound only.
+AUDIO_SAMPLE_RATE = "audio_sample_rate"
+AUDIO_CHANNELS = "audio_channels"
+AUDIO_SECONDS = "audio_seconds"
+AUDIO_COLUMNS = (AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, AUDIO_SECONDS)
 LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
 LATENTS_SHA256 = "latents_sha256"
 SHARD_KEY = "key"  # a sample's name inside its shard (webdataset and parquet layouts)
@@ -110,10 +116,14 @@ MANIFEST_COLUMNS = (
 ERROR_COLUMNS = (ID, SAMPLE_INDEX, INPUT_ROW, ERROR_STAGE, ERROR_TYPE, ERROR_MESSAGE, "run_id")
 
 
-def manifest_columns(extra_names: tuple[str, ...] = (), latents: bool = False) -> tuple[str, ...]:
-    """The manifest's columns for a model with these extra per-row parameters (and saved latents)."""
+def manifest_columns(extra_names: tuple[str, ...] = (), latents: bool = False, audio: bool = False) -> tuple[str, ...]:
+    """The manifest's columns for a model with these extra per-row parameters (and saved latents, and videos
+    with sound)."""
     at = len(REQUEST_COLUMNS)
     columns = (*MANIFEST_COLUMNS[:at], *sorted(extra_names), *MANIFEST_COLUMNS[at:])
+    if audio:
+        after = columns.index(MIME_TYPE) + 1
+        columns = (*columns[:after], *AUDIO_COLUMNS, *columns[after:])
     if latents:
         after = columns.index(MIME_TYPE) + 1
         columns = (*columns[:after], LATENTS_URI, LATENTS_SHA256, *columns[after:])

@@ -24,6 +24,7 @@ from latentmill.faults import FaultInjector
 from latentmill.io.hidden import HiddenOptions
 from latentmill.metrics import DEFAULT_JOB, StageMetrics
 from latentmill.models import ModelError, ModelRef, tensors
+from latentmill.models.base import AudioTrack
 from latentmill.rows import Request, request_at, unfold_samples
 
 log = logging.getLogger(__name__)
@@ -291,6 +292,7 @@ class DenoiseWorker(StageWorker):
             self.family.load_denoiser_expert(self.device, self.dtype, self.expert)
         self.family.speed_up_denoiser(self.options.compile, self.options.attention_backend)
         self.columns = self.family.conditioning_columns()
+        self.latent_columns = (schema.LATENTS, *self.family.extra_latent_columns)
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
@@ -308,12 +310,14 @@ class DenoiseWorker(StageWorker):
         out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE, schema.DENOISE_HANDOVER))
         if self.expert is None:
             out[schema.seconds_column(self.stage)] = np.zeros(size)
-        out[schema.LATENTS] = [None] * size
+        for name in self.latent_columns:
+            out[name] = [None] * size
         return out
 
     def finish(self, out):
         if self.expert != 0:
-            out[schema.LATENTS] = _latents_column(out[schema.LATENTS])
+            for name in self.latent_columns:
+                out[name] = _latents_column(out[name])
         return out
 
     def process(self, batch, out, rows):
@@ -326,20 +330,23 @@ class DenoiseWorker(StageWorker):
             return
         if self.expert == 1:
             handover = [batch[schema.DENOISE_HANDOVER][row] for row in rows]
-            latents = self.family.denoise_second_expert(requests, conditioning, handover)
+            denoised = self.family.denoise_second_expert(requests, conditioning, handover)
         else:
             noise = None
             if schema.INITIAL_NOISE in batch:
                 noise = [tensors.unpack(batch[schema.INITIAL_NOISE][row]) for row in rows]
-            latents = self.family.denoise(requests, conditioning, noise)
-        for row, value in zip(rows, latents):
+            denoised = self.family.denoise(requests, conditioning, noise)
+        # one dict of named latents per row (`latents`, and a family's extra ones such as its audio's)
+        latents = [value if isinstance(value, dict) else {schema.LATENTS: value} for value in denoised]
+        for row, named in zip(rows, latents):
             if self.faults.poisoned(str(batch[schema.ID][row])) and not is_retry(batch, row):
-                value[...] = np.nan
-        for row, value in zip(rows, latents):
-            if not np.isfinite(value).all():
+                named[schema.LATENTS][...] = np.nan
+        for row, named in zip(rows, latents):
+            if not all(np.isfinite(value).all() for value in named.values()):
                 raise FloatingPointError(f"denoiser produced non-finite latents for row {batch[schema.ID][row]!r}")
-        for row, value in zip(rows, latents):
-            out[schema.LATENTS][row] = value
+        for row, named in zip(rows, latents):
+            for name in self.latent_columns:
+                out[name][row] = named[name]
 
 
 class DecodeWorker(StageWorker):
@@ -386,33 +393,44 @@ class DecodeWorker(StageWorker):
         return super().__call__(batch)
 
     def _read_latents(self, batch):
-        """Latents of a decode job's rows from their saved objects; an unreadable one fails its row."""
+        """Latents of a decode job's rows from their saved objects; an unreadable one fails its row. A family's
+        further latents (its sound's) come along where every row's object has them."""
         from latentmill.io import latents as saved, storage
 
         batch = dict(batch)
         for column in (schema.ERROR_STAGE, schema.ERROR_TYPE, schema.ERROR_MESSAGE):
             batch[column] = np.array(batch[column], copy=True)  # Ray's batch arrays are read-only
         options = self.storage_options.reveal()
-        values = []
+        values, extras = [], {name: [] for name in self.family.extra_latent_columns}
         for row, uri in enumerate(batch[schema.LATENTS_URI]):
-            value = None
+            value, extra = None, {}
             if not batch[schema.ERROR_STAGE][row]:
                 try:
-                    value, _ = saved.decode_latents(storage.read_bytes(*storage.resolve(str(uri), options)))
+                    value, extra, _ = saved.decode_all_latents(storage.read_bytes(*storage.resolve(str(uri), options)))
                 except Exception as exc:  # noqa: BLE001 - a missing or broken object fails its row only
                     mark_error(batch, row, self.stage, RuntimeError(f"cannot read the latents {uri}: {exc}"))
             values.append(value)
+            for name, column in extras.items():
+                column.append(extra.get(name))
         batch[schema.LATENTS] = _latents_column(values)
+        for name, column in extras.items():
+            if all(extra is not None for extra, value in zip(column, values) if value is not None):
+                batch[name] = _latents_column(column)
         return batch
+
+    def _extra_latent_columns(self, batch) -> tuple[str, ...]:
+        """The family's extra latents this batch has (a decode job's saved latents may lack them)."""
+        return tuple(name for name in self.family.extra_latent_columns if name in batch)
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}
+        names = (schema.LATENTS, *self._extra_latent_columns(batch))
         for row in rows:
-            groups.setdefault(np.shape(batch[schema.LATENTS][row]), []).append(row)
+            groups.setdefault(tuple(np.shape(batch[name][row]) for name in names), []).append(row)
         return list(groups.values())
 
     def prepare_output(self, batch):
-        out = _copy_without(batch, (schema.LATENTS,))
+        out = _copy_without(batch, (schema.LATENTS, *self.family.extra_latent_columns))
         size = len(batch[schema.ID])
         out[schema.seconds_column(self.stage)] = np.zeros(size)
         out[schema.OUTPUT_URI] = np.full(size, "", dtype=object)
@@ -420,6 +438,9 @@ class DecodeWorker(StageWorker):
         out[schema.SHA256] = np.full(size, "", dtype=object)
         out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
         out[schema.DECODE_MODE] = np.full(size, "", dtype=object)
+        if self.family.has_audio:
+            for name in schema.AUDIO_COLUMNS:
+                out[name] = np.full(size, None, dtype=object)
         if self.latents_metadata is not None:
             out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
             out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
@@ -429,6 +450,8 @@ class DecodeWorker(StageWorker):
         from latentmill.io import media
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
+        extra = {name: np.stack([np.asarray(batch[name][row], dtype=np.float32) for row in rows])
+                 for name in self._extra_latent_columns(batch)}
         requests = _requests(self.family, batch, rows)
         mode = self._planned_mode(latents)
         try:
@@ -443,16 +466,18 @@ class DecodeWorker(StageWorker):
             self.low_memory, mode = True, TILED
             decoded = self._decode(latents, requests, mode)
         out[schema.DECODE_MODE][rows] = mode
+        tracks = self.family.decode_audio(extra, requests) if self.family.has_audio and extra else [None] * len(rows)
         frames = media.to_uint8(decoded)
-        for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
+        for position, (row, row_frames, request, track) in enumerate(zip(rows, frames, requests, tracks)):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
                 row_frames[...] = 0
             if self.reject_blank and is_blank(row_frames):
                 mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
                 continue
-            self._write(batch, out, row, row_frames)
+            self._write(batch, out, row, row_frames, track)
             if self.latents_metadata is not None:
-                self._save_latents(out, row, row_latents, request)
+                self._save_latents(out, row, latents[position], request,
+                                   {name: values[position] for name, values in extra.items()})
 
     def _planned_mode(self, latents: np.ndarray) -> str:
         """full, sliced or tiled for this batch, from the decode's measured peak memory and the actor's budget."""
@@ -480,23 +505,32 @@ class DecodeWorker(StageWorker):
                 self.family.low_memory_decode(False)
         return self.family.decode(latents, requests)
 
-    def _save_latents(self, out, row: int, latents: np.ndarray, request: Request) -> None:
-        """The row's latents next to its media; the manifest row (written after) names both."""
+    def _save_latents(self, out, row: int, latents: np.ndarray, request: Request,
+                      extra: dict[str, np.ndarray]) -> None:
+        """The row's latents (and its further ones) next to its media; the manifest row (written after) names both."""
         from latentmill.io import latents as saved, storage
 
         parameters = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
-        data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters})
+        data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters}, extra)
         key = media_key(request.id, saved.EXTENSION)
         storage.put_bytes(self.fs, storage.join(self.root, saved.LATENTS_FOLDER, key), data)
         out[schema.LATENTS_URI][row] = storage.join(self.output_uri, saved.LATENTS_FOLDER, key)
         out[schema.LATENTS_SHA256][row] = hashlib.sha256(data).hexdigest()
 
-    def _write(self, batch, out, row: int, frames: np.ndarray) -> None:
+    def _write(self, batch, out, row: int, frames: np.ndarray, track: AudioTrack | None = None) -> None:
         from latentmill.io import media, storage
 
         if self.family.is_video:
-            data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format)
+            if track is not None and not media.carries_audio(self.video_format):
+                track = None  # e.g. apng: the video alone, and the manifest says it has no sound
+            data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format,
+                                      audio=None if track is None else track.samples,
+                                      sample_rate=None if track is None else track.sample_rate)
             extension, mime = media.format_info(self.video_format)
+            if track is not None:
+                out[schema.AUDIO_SAMPLE_RATE][row] = track.sample_rate
+                out[schema.AUDIO_CHANNELS][row] = track.samples.shape[0]
+                out[schema.AUDIO_SECONDS][row] = track.seconds
         else:
             data = media.encode_image(frames[0], self.image_format)
             extension, mime = media.format_info(self.image_format)

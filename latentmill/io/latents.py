@@ -19,20 +19,30 @@ LATENTS_FOLDER = "latents"
 EXTENSION = "safetensors"
 
 
-def encode_latents(latents: np.ndarray, metadata: dict[str, Any]) -> bytes:
-    """Bytes of a safetensors file holding `latents`; metadata values are stored as JSON text."""
+def encode_latents(latents: np.ndarray, metadata: dict[str, Any], extra: dict[str, np.ndarray] | None = None) -> bytes:
+    """Bytes of a safetensors file holding `latents` (and a family's further latents by name, e.g. its
+    sound's, so a decode job remakes the sound too); metadata values are stored as JSON text."""
     from safetensors.numpy import save
 
     text = {key: value if isinstance(value, str) else json.dumps(value, sort_keys=True) for key, value in metadata.items()}
     text["latent_shape"] = json.dumps(list(latents.shape))
     text["dtype"] = str(latents.dtype)
-    return save({TENSOR: np.ascontiguousarray(latents)}, metadata=text)
+    tensors = {name: np.ascontiguousarray(value) for name, value in (extra or {}).items()}
+    return save({**tensors, TENSOR: np.ascontiguousarray(latents)}, metadata=text)
 
 
 def decode_latents(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
+    latents, _, metadata = decode_all_latents(data)
+    return latents, metadata
+
+
+def decode_all_latents(data: bytes) -> tuple[np.ndarray, dict[str, np.ndarray], dict[str, str]]:
+    """The latents, the further latents saved with them by name, and the metadata."""
     from safetensors.numpy import load
 
-    return load(data)[TENSOR], header_metadata(data[: 8 + _header_length(data[:8])])
+    tensors = load(data)
+    latents = tensors.pop(TENSOR)
+    return latents, tensors, header_metadata(data[: 8 + _header_length(data[:8])])
 
 
 def read_metadata(fs, path: str) -> dict[str, str]:

@@ -21,6 +21,7 @@ __all__ = [
     "VIDEO_FORMATS",
     "normalize_format",
     "format_info",
+    "carries_audio",
     "to_uint8",
     "encode_image",
     "encode_video",
@@ -44,6 +45,11 @@ VIDEO_FORMATS: dict[str, tuple[str, str]] = {
 _ALIASES = {"jpg": "jpeg"}
 
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def carries_audio(fmt: str) -> bool:
+    """Whether a video format holds a sound track (mp4 does; apng does not)."""
+    return normalize_format(fmt) == "mp4"
 
 
 def normalize_format(fmt: str) -> str:
@@ -162,8 +168,14 @@ def encode_video(
     *,
     crf: int = 18,
     preset: str = "medium",
+    audio: np.ndarray | None = None,
+    sample_rate: int | None = None,
 ) -> bytes:
     """Encode ``(F, H, W, 3)`` uint8 RGB frames as a video.
+
+    ``audio``: a sound track for ``mp4``, float samples in ``[-1, 1]`` of shape ``(channels, samples)``
+    (1 or 2 channels) at ``sample_rate`` Hz, muxed as an AAC stream next to the video. ``apng`` cannot
+    carry sound.
 
     ``mp4``: H.264 (libx264), ``yuv420p`` so that every player can show it, encoded with PyAV
     (``crf``: 0 best .. 51 worst, 18 is visually near-lossless). The file is faststart: the
@@ -184,13 +196,28 @@ def encode_video(
     arr = _check_uint8(frames, 4, "frames")
     rate = _fps_fraction(fps)
     if f == "apng":
+        if audio is not None:
+            raise ValueError("apng cannot carry sound; encode the video as mp4 to keep its audio")
         return _encode_apng(arr, rate)
     if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
         raise ValueError(f"crf must be an int in 0..51, got {crf!r}")
-    return _encode_mp4(arr, rate, crf=crf, preset=preset)
+    if audio is not None:
+        _check_audio(audio, sample_rate)
+    return _encode_mp4(arr, rate, crf=crf, preset=preset, audio=audio, sample_rate=sample_rate)
 
 
-def _encode_mp4(arr: np.ndarray, rate: Fraction, *, crf: int, preset: str) -> bytes:
+def _check_audio(audio: object, sample_rate: object) -> None:
+    if not isinstance(audio, np.ndarray) or audio.ndim != 2 or audio.shape[0] not in (1, 2) or not audio.shape[1]:
+        shape = getattr(audio, "shape", type(audio).__name__)
+        raise ValueError(f"audio must be a numpy array of shape (1 or 2 channels, samples), got {shape}")
+    if not np.issubdtype(audio.dtype, np.floating) or not np.isfinite(audio).all():
+        raise ValueError("audio must hold finite float samples in [-1, 1]")
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate <= 0:
+        raise ValueError(f"sample_rate must be a positive int with audio, got {sample_rate!r}")
+
+
+def _encode_mp4(arr: np.ndarray, rate: Fraction, *, crf: int, preset: str, audio: np.ndarray | None = None,
+                sample_rate: int | None = None) -> bytes:
     import av
 
     _, h, w, _ = arr.shape
@@ -209,6 +236,8 @@ def _encode_mp4(arr: np.ndarray, rate: Fraction, *, crf: int, preset: str) -> by
             stream.height = h
             stream.pix_fmt = "yuv420p"
             stream.options = {"crf": str(crf), "preset": preset}
+            # every stream is added before the first packet: muxing writes the header
+            sound = None if audio is None else _aac_stream(container, audio, sample_rate)
             for i, frame in enumerate(arr):
                 vf = av.VideoFrame.from_ndarray(frame, format="rgb24")
                 vf.pts = i
@@ -217,8 +246,28 @@ def _encode_mp4(arr: np.ndarray, rate: Fraction, *, crf: int, preset: str) -> by
                     container.mux(packet)
             for packet in stream.encode():
                 container.mux(packet)
+            if sound is not None:
+                for packet in sound[0].encode(sound[1]):
+                    container.mux(packet)
+                for packet in sound[0].encode():
+                    container.mux(packet)
         with open(path, "rb") as handle:
             return handle.read()
+
+
+def _aac_stream(container, audio: np.ndarray, sample_rate: int):
+    """An AAC stream for ``audio`` (channels, samples) and the one frame that holds it all (PyAV cuts it
+    into the encoder's frame size)."""
+    import av
+
+    layout = "mono" if audio.shape[0] == 1 else "stereo"
+    stream = container.add_stream("aac", rate=sample_rate, layout=layout)
+    planar = np.ascontiguousarray(np.clip(audio, -1.0, 1.0), dtype=np.float32)
+    frame = av.AudioFrame.from_ndarray(planar, format="fltp", layout=layout)
+    frame.sample_rate = sample_rate
+    frame.pts = 0
+    frame.time_base = Fraction(1, sample_rate)
+    return stream, frame
 
 
 def _encode_apng(arr: np.ndarray, rate: Fraction) -> bytes:

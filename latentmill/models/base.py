@@ -35,6 +35,18 @@ class EncodedPrompts:
     truncated: list[bool] = field(default_factory=list)
 
 
+@dataclass
+class AudioTrack:
+    """A video's sound: float32 samples in [-1, 1], shape (channels, samples), at `sample_rate` Hz."""
+
+    samples: np.ndarray
+    sample_rate: int
+
+    @property
+    def seconds(self) -> float:
+        return self.samples.shape[-1] / self.sample_rate
+
+
 class Family:
     """Base class of a model family; subclasses fill the class attributes and the stage methods."""
 
@@ -46,6 +58,10 @@ class Family:
     # the job file), an optional override column of the prompt table and a manifest column.
     extra_parameters: ClassVar[dict[str, tuple[type, Any]]] = {}
     interpolates: ClassVar[bool] = False  # implements initial_noise and denoise(noise=...)
+    # Named latents besides `latents` that the denoise stage hands to the decode stage (e.g. an audio track's);
+    # such a family's denoise returns one dict per row, `latents` and these by name.
+    extra_latent_columns: ClassVar[tuple[str, ...]] = ()
+    has_audio: ClassVar[bool] = False  # its videos have sound: decode_audio makes it from the extra latents
 
     def __init__(self, model_dir: Path) -> None:
         self.model_dir = Path(model_dir)
@@ -151,7 +167,7 @@ class Family:
         raise NotImplementedError
 
     def denoise(self, requests: list[Request], conditioning: dict[str, list[np.ndarray | None]],
-                noise: list[np.ndarray] | None = None) -> list[np.ndarray]:
+                noise: list[np.ndarray] | None = None) -> list[np.ndarray] | list[dict[str, np.ndarray]]:
         """Final latents (float32) per row, for rows of one denoise group.
 
         Each row draws its initial noise from its own generator, exactly as the plain pipeline does
@@ -192,6 +208,10 @@ class Family:
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
         """Latents of equal shape (B, ...) -> frames float32 in [0, 1], shape (B, F, H, W, 3)."""
+        raise NotImplementedError
+
+    def decode_audio(self, latents: dict[str, np.ndarray], requests: list[Request]) -> list[AudioTrack]:
+        """Each row's sound track from its extra latents by name (batched as `decode`'s latents)."""
         raise NotImplementedError
 
     def loaded_modules(self) -> dict[str, Any]:

@@ -24,12 +24,12 @@ from pathlib import Path
 _VERSION = "v2"
 
 from latentmill.models.tiny_builds import (  # noqa: E402 - after _VERSION on purpose
-    cogvideox, flux, hunyuan_video15, ltx, qwen, sd, sd3, sdxl, wan)
+    cogvideox, flux, hunyuan_video15, ltx, ltx2, qwen, sd, sd3, sdxl, wan)
 
 # name -> (builder, generation defaults). The defaults are valid for the model and take well under a
 # second on a CPU; they are stored in the checkpoint's model_index.json under `_latentmill_defaults`
 # (keys that start with `_` are metadata to diffusers), so a copy of the folder carries them.
-_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen, ltx, cogvideox, hunyuan_video15)
+_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen, ltx, ltx2, cogvideox, hunyuan_video15)
              for name, entry in module.MODELS.items()}
 TINY_DEFAULTS: dict[str, dict] = {name: defaults for name, (_, defaults) in _REGISTRY.items()}
 

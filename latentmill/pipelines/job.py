@@ -119,7 +119,7 @@ class ResultWriter:
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
                  flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
                  latents: bool = False, more_columns: tuple[str, ...] = (), layout: str = "files",
-                 shard_size: int = 1000, quality: QualitySettings | None = None) -> None:
+                 shard_size: int = 1000, quality: QualitySettings | None = None, audio: bool = False) -> None:
         from latentmill.io import storage
         from latentmill.io.outputs import ParquetParts, open_store
 
@@ -131,7 +131,7 @@ class ResultWriter:
         self.retries: list[dict[str, Any]] = []
         self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
                                 schema.ATTEMPT, *more_columns)
-        columns = (*schema.manifest_columns(extra_names, latents), *more_columns,
+        columns = (*schema.manifest_columns(extra_names, latents, audio), *more_columns,
                    *((schema.ATTEMPT,) if quality.enabled else ()))
         self.store = open_store(layout, self.fs, self.root, output_uri, run_id, columns, shard_size=shard_size,
                                 rows_per_part=rows_per_part, flush_seconds=flush_seconds)
@@ -164,6 +164,7 @@ class ResultWriter:
                 row = {name: _plain(batch[name][index]) if name in batch else None for name in self.store.columns}
                 if row.get(schema.FPS) == 0:  # an image: a frame rate does not apply (video rows need fps > 0)
                     row[schema.FPS] = None
+                _sound_columns(row)
                 row.update(self.static)
                 outputs.append(row)
                 summary.outputs_written += 1
@@ -205,6 +206,16 @@ class ResultWriter:
 
         data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
         storage.put_bytes(self.fs, storage.join(self.root, name), data)
+
+
+def _sound_columns(row: dict[str, Any]) -> None:
+    """A video's sound columns as written: Ray hands a column with nulls back as floats with NaN."""
+    for name in (name for name in schema.AUDIO_COLUMNS if name in row):
+        value = row[name]
+        if value is None or value != value:
+            row[name] = None
+        elif name != schema.AUDIO_SECONDS:
+            row[name] = int(value)
 
 
 def _plain(value: Any) -> Any:
@@ -343,7 +354,7 @@ def check_kept_columns(config: JobConfig, table_columns: tuple[str, ...], extra_
     """input.keep_columns must name columns of the table that no manifest or row column already uses."""
     from latentmill.pipelines.inputs import InputError
 
-    own = {*schema.manifest_columns(extra_names, latents=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
+    own = {*schema.manifest_columns(extra_names, latents=True, audio=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
            schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
     for name in config.input.keep_columns:
         if name in own:
@@ -408,7 +419,7 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
                           latents=config.output.save_latents or config.decode is not None,
                           more_columns=config.input.keep_columns, layout=config.output.layout,
                           shard_size=config.output.shard_size,
-                          quality=config.quality if config.decode is None else None)
+                          quality=config.quality if config.decode is None else None, audio=family.has_audio)
     try:
         summary.resumed = check_job_record(
             writer.fs, writer.root, fingerprint,

@@ -115,6 +115,8 @@ VIDEO_FAMILY_ROWS = {
                  {"num_frames": 17}],
     "tiny-cogvideox": [{}, {"num_frames": 17, "seed": 7}, {"guidance_scale": 1.0}, {"num_inference_steps": 2}],
     "tiny-hunyuan-video15": [{}, {"num_frames": 5, "seed": 7}, {"guidance_scale": 1.0}, {"guidance_scale": 3.0}],
+    "tiny-ltx2": [{}, {"fps": 12.0, "num_frames": 17}, {"guidance_scale": 1.0, "audio_guidance_scale": 1.0},
+                  {"audio_guidance_scale": 3.0, "seed": 9}],
 }
 
 
