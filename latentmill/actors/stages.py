@@ -292,7 +292,11 @@ class DenoiseWorker(StageWorker):
             self.family.load_denoiser_expert(self.device, self.dtype, self.expert)
         self.family.speed_up_denoiser(self.options.compile, self.options.attention_backend)
         self.columns = self.family.conditioning_columns()
-        self.latent_columns = (schema.LATENTS, *self.family.extra_latent_columns)
+
+    @property
+    def latent_columns(self) -> tuple[str, ...]:
+        """What this stage hands on per row: `latents`, and a family's further ones (e.g. its sound's)."""
+        return (schema.LATENTS, *self.family.extra_latent_columns)
 
     def group(self, batch, rows):
         groups: dict[tuple, list[int]] = {}

@@ -114,7 +114,9 @@ class FakeFamily:
     """Deterministic stand-in: latents from the seed, frames from the latents' mean."""
 
     is_video = False
+    has_audio = False
     extra_parameters: dict = {}
+    extra_latent_columns: tuple = ()
 
     def __init__(self) -> None:
         self.decode_calls: list[int] = []
