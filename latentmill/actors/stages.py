@@ -466,7 +466,6 @@ class DecodeWorker(StageWorker):
             # Out of memory: switch this actor to tiled/sliced decoding and retry the batch; if that
             # fails too, the batch is retried row by row before a row becomes an error.
             log.warning("decode ran out of memory on a batch of %d; retrying with tiled decoding", len(rows))
-            self.family.low_memory_decode(True)
             self.low_memory, mode = True, TILED
             decoded = self._decode(latents, requests, mode)
         out[schema.DECODE_MODE][rows] = mode
@@ -501,12 +500,13 @@ class DecodeWorker(StageWorker):
         if mode == SLICED:
             return np.concatenate([self.family.decode(latents[i:i + 1], requests[i:i + 1])
                                    for i in range(len(requests))])
-        if mode == TILED and not self.low_memory:  # this batch only
-            self.family.low_memory_decode(True)
+        if mode == TILED:
+            self.family.low_memory_decode(True, latents.shape[-2:])  # tiles smaller than these latents
             try:
                 return self.family.decode(latents, requests)
             finally:
-                self.family.low_memory_decode(False)
+                if not self.low_memory:  # tiled for this batch only
+                    self.family.low_memory_decode(False)
         return self.family.decode(latents, requests)
 
     def _save_latents(self, out, row: int, latents: np.ndarray, request: Request,

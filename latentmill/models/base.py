@@ -234,14 +234,24 @@ class Family:
                 else:
                     module.compile()
 
-    def low_memory_decode(self, on: bool) -> None:
+    def low_memory_decode(self, on: bool, latent_size: tuple[int, int] | None = None) -> None:
         """Tiled and sliced VAE decoding on or off (diffusers VAEs' enable_/disable_ tiling and slicing;
-        the video VAEs' tiling is spatial and temporal where they have both): less memory, slower."""
+        the video VAEs' tiling is spatial and temporal where they have both): less memory, slower.
+
+        With `latent_size`, an image VAE's tiles are also made smaller than the latents: its default tile
+        is its whole training size (SDXL: 1024 pixels), which would leave such an image in one piece."""
         vae = getattr(self, "vae", None)
         for switch in ("tiling", "slicing"):
             method = getattr(vae, f"{'enable' if on else 'disable'}_{switch}", None)
             if method is not None:
                 method()
+        if hasattr(vae, "tile_latent_min_size"):
+            if not hasattr(self, "_default_tiles"):
+                self._default_tiles = (vae.tile_sample_min_size, vae.tile_latent_min_size)
+            sample, latent = self._default_tiles
+            while on and latent_size is not None and latent >= min(latent_size) and latent >= 8:
+                sample, latent = sample // 2, latent // 2  # halved until the latents span more than one tile
+            vae.tile_sample_min_size, vae.tile_latent_min_size = sample, latent
 
     # ---- reference -----------------------------------------------------------------------------
 

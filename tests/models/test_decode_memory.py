@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from latentmill import schema
-from latentmill.actors.decode_memory import DecodeMemoryPlan, fit_peak_memory
+from latentmill.actors.decode_memory import DecodeMemoryPlan, fit_peak_memory, peak_memory
 from latentmill.actors.stages import stage_workers
 from latentmill.config import DecodePeakMemory, GenerationDefaults, Limits
 from latentmill.io import media
@@ -24,7 +24,7 @@ from latentmill.io.hidden import HiddenOptions
 from latentmill.models import resolve_model
 from latentmill.pipelines.validate import RowRules, resolve_defaults, validate_batch
 from latentmill.planning.calibrate import measure_decode_memory
-from latentmill.rows import request_from
+from latentmill.rows import Request, request_from
 from tests.helpers import decode_media
 
 MODEL = "builtin:tiny-video"
@@ -122,3 +122,29 @@ def test_plan_modes_and_fit():
     assert plan.mode(200, 1) == "tiled"
     assert fit_peak_memory([(100, 1100), (400, 4100)]) == (100.0, 10.0)
     assert fit_peak_memory([(100, 1000), (400, 900)]) == (0.0, 900 / 400)  # no growth: all per element
+
+
+def test_tiled_decoding_of_an_image_splits_it_even_where_the_vae_tile_covers_the_whole_image():
+    """An image VAE's default tile is its training size (SDXL: 1024 pixels, the images it makes; the tiny
+    one's: 64): tiles are made smaller than the latents, so tiling splits them and needs less memory, and
+    the defaults come back afterwards."""
+    family = resolve_model("builtin:tiny-sdxl").family()
+    family.load_decoder(torch.device("cpu"), torch.float32)
+    vae = family.vae
+    defaults = (vae.tile_sample_min_size, vae.tile_latent_min_size)
+    side = defaults[1]  # latents exactly one default tile wide
+    latents = np.random.default_rng(0).standard_normal((1, vae.config.latent_channels, side, side)).astype(np.float32)
+    requests = [Request("r", "p", "", 1, 2, 1.0, defaults[0], defaults[0], 1, 0.0)]
+    with peak_memory("cpu") as whole_peak:
+        whole = family.decode(latents, requests)
+
+    family.low_memory_decode(True, latents.shape[-2:])
+    assert vae.use_tiling and vae.tile_latent_min_size < side
+    assert vae.tile_sample_min_size // vae.tile_latent_min_size == defaults[0] // defaults[1]
+    with peak_memory("cpu") as tiled_peak:
+        tiled = family.decode(latents, requests)
+    family.low_memory_decode(False)
+
+    assert (vae.tile_sample_min_size, vae.tile_latent_min_size) == defaults and not vae.use_tiling
+    assert tiled.shape == whole.shape and np.abs(tiled - whole).max() > 0  # decoded in tiles, blended
+    assert tiled_peak.bytes < 0.7 * whole_peak.bytes, (tiled_peak.bytes, whole_peak.bytes)

@@ -134,7 +134,7 @@ class FakeFamily:
         values = latents.mean(axis=(1, 2, 3)) / 10
         return np.broadcast_to(values[:, None, None, None, None], (len(latents), 1, 8, 8, 3)).astype(np.float32)
 
-    def low_memory_decode(self, on: bool) -> None:
+    def low_memory_decode(self, on: bool, latent_size=None) -> None:
         self.low_memory = on
 
 
