@@ -77,6 +77,8 @@ SHA256 = "sha256"
 MIME_TYPE = "mime_type"
 LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
 LATENTS_SHA256 = "latents_sha256"
+PHASH = "phash"  # perceptual hash (io.perceptual) of the image, or of each keyframe of a video, in hex
+CLIP_SCORE = "clip_score"  # with quality.clip_score: 100 x cosine similarity of the frames and the prompt
 SHARD_KEY = "key"  # a sample's name inside its shard (webdataset and parquet layouts)
 SHARD_MEDIA = {"image": "image", "video": "video"}  # the parquet layout's media column, by kind of media
 
@@ -96,6 +98,7 @@ MANIFEST_COLUMNS = (
     BYTES,
     SHA256,
     MIME_TYPE,
+    PHASH,
     *(seconds_column(s) for s in STAGES),
     "latentmill_version",
     "job_fingerprint",

@@ -108,6 +108,20 @@ class BlankImage(ValueError):
     """Decoded frames of one flat colour (the quality gate's reject_blank)."""
 
 
+class LowClipScore(ValueError):
+    """Decoded frames that match their prompt too little (the quality gate's clip_score)."""
+
+
+@dataclass(frozen=True)
+class ClipGateSettings:
+    """What a decode actor needs for quality.clip_score: the CLIP model, and the score below which a
+    sample is rejected (None: only recorded)."""
+
+    model: str
+    storage_options: HiddenOptions
+    min: float | None = None
+
+
 def is_blank(frames: np.ndarray) -> bool:
     """uint8 frames whose pixels all lie within 2 levels of each other."""
     return int(frames.max()) - int(frames.min()) <= 2
@@ -331,12 +345,14 @@ class DecodeWorker(StageWorker):
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
-                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False) -> None:
+                 metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False,
+                 clip_score: ClipGateSettings | None = None) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
         self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
         self.reject_blank = reject_blank
+        self.clip_settings = clip_score
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
@@ -349,6 +365,12 @@ class DecodeWorker(StageWorker):
         self.low_memory = self.tiled
         if self.tiled:
             self.family.enable_low_memory_decode()
+        self.clip = None
+        if self.clip_settings is not None:
+            from latentmill.models.clip_score import ClipScorer, resolve_clip
+
+            folder = resolve_clip(self.clip_settings.model, self.clip_settings.storage_options.reveal())
+            self.clip = ClipScorer(folder, self.device, self.dtype)
 
     def __call__(self, batch):
         if schema.LATENTS not in batch:
@@ -389,13 +411,16 @@ class DecodeWorker(StageWorker):
         out[schema.BYTES] = np.zeros(size, dtype=np.int64)
         out[schema.SHA256] = np.full(size, "", dtype=object)
         out[schema.MIME_TYPE] = np.full(size, "", dtype=object)
+        out[schema.PHASH] = np.full(size, "", dtype=object)
+        if self.clip is not None:
+            out[schema.CLIP_SCORE] = np.full(size, np.nan)
         if self.latents_metadata is not None:
             out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
             out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
         return out
 
     def process(self, batch, out, rows):
-        from latentmill.io import media
+        from latentmill.io import media, perceptual
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
         requests = _requests(self.family, batch, rows)
@@ -413,12 +438,22 @@ class DecodeWorker(StageWorker):
             self.faults.model_call()
             decoded = self.family.decode(latents, requests)
         frames = media.to_uint8(decoded)
-        for row, row_frames, row_latents, request in zip(rows, frames, latents, requests):
+        for row, row_frames, request in zip(rows, frames, requests):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
                 row_frames[...] = 0
+        scores = self.clip.scores(list(frames), [request.prompt for request in requests]) if self.clip else None
+        for index, (row, row_frames, row_latents, request) in enumerate(zip(rows, frames, latents, requests)):
             if self.reject_blank and is_blank(row_frames):
                 mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
                 continue
+            if scores is not None:
+                out[schema.CLIP_SCORE][row] = scores[index]
+                if self.clip_settings.min is not None and not scores[index] >= self.clip_settings.min:
+                    mark_error(out, row, self.stage, LowClipScore(
+                        f"row {request.id!r} failed the quality gate clip_score: it scored {scores[index]:.2f}, "
+                        f"below quality.clip_score.min {self.clip_settings.min:g}"))
+                    continue
+            out[schema.PHASH][row] = perceptual.frames_hash(row_frames)
             self._write(batch, out, row, row_frames)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, row_latents, request)

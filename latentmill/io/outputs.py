@@ -33,6 +33,7 @@ from typing import Any
 
 from latentmill import schema
 from latentmill.io import storage
+from latentmill.io.perceptual import count_pairs
 
 log = logging.getLogger(__name__)
 
@@ -126,6 +127,10 @@ class OutputStore:
         """Make every added row durable (at the end of a run, and when a run stops on an error)."""
         raise NotImplementedError
 
+    def manifest_files(self) -> list[str]:
+        """The Parquet files holding the manifest rows of every committed sample."""
+        raise NotImplementedError
+
 
 class FileStore(OutputStore):
     """One object per sample under media/; manifest rows in Parquet parts under manifest/."""
@@ -149,14 +154,18 @@ class FileStore(OutputStore):
     def commit(self):
         self.parts.flush()
 
+    def manifest_files(self):
+        return list_parts(self.fs, storage.join(self.root, "manifest"))
+
 
 class ShardStore(OutputStore):
     """Samples grouped into shards of `shard_size`, each committed by its sidecar (module docstring)."""
 
     def __init__(self, fs, root: str, uri: str, run_id: str, columns: tuple[str, ...], layout: str,
-                 shard_size: int = 1000) -> None:
+                 shard_size: int = 1000, near_duplicate_distance: int = 4) -> None:
         super().__init__(fs, root, uri, run_id, (*columns, schema.SHARD_KEY))
         self.layout, self.shard_size = layout, shard_size
+        self.near_duplicate_distance = near_duplicate_distance
         self.pending: list[dict[str, Any]] = []
         self.next_shard = 0
 
@@ -199,6 +208,9 @@ class ShardStore(OutputStore):
             self._write_shard(self.pending)
             self.pending = []
 
+    def manifest_files(self):
+        return list_parts(self.fs, storage.join(self.root, SHARDS), r"\d{5,}\.parquet")
+
     def _write_shard(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow as pa
 
@@ -216,7 +228,9 @@ class ShardStore(OutputStore):
         else:
             table = _with_media_column(table, rows, media, image=rows[0][schema.MIME_TYPE] in STILL_IMAGES)
         stats = {"shard": name, "layout": self.layout, "samples": len(rows), "media_bytes": sum(map(len, media)),
-                 "run_id": self.run_id}
+                 "near_duplicate_pairs": count_pairs([row.get(schema.PHASH) for row in rows],
+                                                     self.near_duplicate_distance),
+                 "near_duplicate_distance": self.near_duplicate_distance, "run_id": self.run_id}
         storage.put_bytes(self.fs, storage.join(folder, f"{name}_stats.json"), json.dumps(stats, indent=2).encode())
         storage.put_bytes(self.fs, storage.join(folder, f"{name}.parquet"), _parquet_bytes(table))  # the commit
         self.next_shard += 1
@@ -225,10 +239,10 @@ class ShardStore(OutputStore):
 
 
 def open_store(layout: str, fs, root: str, uri: str, run_id: str, columns: tuple[str, ...], *, shard_size: int,
-               rows_per_part: int, flush_seconds: float) -> OutputStore:
+               rows_per_part: int, flush_seconds: float, near_duplicate_distance: int = 4) -> OutputStore:
     if layout == "files":
         return FileStore(fs, root, uri, run_id, columns, rows_per_part, flush_seconds)
-    return ShardStore(fs, root, uri, run_id, columns, layout, shard_size)
+    return ShardStore(fs, root, uri, run_id, columns, layout, shard_size, near_duplicate_distance)
 
 
 def shard_key(row_id: str) -> str:

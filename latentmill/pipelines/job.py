@@ -91,8 +91,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         del decisive["input"]["keep_columns"]
     if config.output.layout != "files":
         decisive["layout"] = config.output.layout
-    if config.quality.enabled:
-        decisive["quality"] = config.quality.model_dump(mode="json")
+    if config.quality.decisive() is not None:
+        decisive["quality"] = config.quality.decisive()
     if config.stages.conditioning_dtype != "encoder":
         decisive["conditioning_dtype"] = config.stages.conditioning_dtype
     if config.output.save_latents:
@@ -106,7 +106,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
 
 # What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
 REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
-              "reject_blank": (schema.STAGE_DECODE, "BlankImage")}
+              "reject_blank": (schema.STAGE_DECODE, "BlankImage"),
+              "clip_gate": (schema.STAGE_DECODE, "LowClipScore")}
 
 
 class ResultWriter:
@@ -129,9 +130,11 @@ class ResultWriter:
         self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
                                 schema.ATTEMPT, *more_columns)
         columns = (*schema.manifest_columns(extra_names, latents), *more_columns,
-                   *((schema.ATTEMPT,) if quality.enabled else ()))
+                   *((schema.ATTEMPT,) if quality.enabled else ()),
+                   *((schema.CLIP_SCORE,) if quality.clip_score is not None else ()))
         self.store = open_store(layout, self.fs, self.root, output_uri, run_id, columns, shard_size=shard_size,
-                                rows_per_part=rows_per_part, flush_seconds=flush_seconds)
+                                rows_per_part=rows_per_part, flush_seconds=flush_seconds,
+                                near_duplicate_distance=quality.near_duplicate_distance)
         self.errors = ParquetParts(self.fs, storage.join(self.root, "errors"), run_id, schema.ERROR_COLUMNS,
                                    rows_per_part, flush_seconds)
 
@@ -308,6 +311,10 @@ def prepare(config: JobConfig):
         check_writable(config.output.uri, options)
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
+        if config.quality.clip_score is not None and config.decode is None:
+            from latentmill.models.clip_score import resolve_clip
+
+            resolve_clip(config.quality.clip_score.model, options)
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
         if config.decode is None and family.extra_parameters:
             table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
@@ -336,7 +343,7 @@ def check_kept_columns(config: JobConfig, table_columns: tuple[str, ...], extra_
     from latentmill.pipelines.inputs import InputError
 
     own = {*schema.manifest_columns(extra_names, latents=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
-           schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
+           schema.ATTEMPT, schema.CLIP_SCORE, schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
     for name in config.input.keep_columns:
         if name in own:
             raise InputError(f"input.keep_columns names {name!r}, which is also a manifest column of latentmill's "
@@ -445,16 +452,27 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     summary.budget_exceeded = config.budget_exceeded(summary.rows_failed, summary.rows_read)
     payload = asdict(summary)
     try:
+        near_duplicates = _near_duplicate_pairs(config, options, writer, summary.outputs_written + summary.already_done)
         writer.write_json(f"runs/{run_id}.json", payload)
         writer.write_json("summary.json", payload)
-        writer.write_json("stats.json", dataset_stats(summary, config))
+        writer.write_json("stats.json", dataset_stats(summary, config, near_duplicates))
     except StorageError as exc:
         raise JobError(f"storage failed, job stopped: {exc}") from None
     job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
 
 
-def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
+def _near_duplicate_pairs(config: JobConfig, options: dict[str, Any], writer: ResultWriter, samples: int) -> int:
+    """Near-duplicate pairs among every committed sample of the output (pipelines.duplicates)."""
+    from latentmill.pipelines.duplicates import DRIVER_HASHES, count_dataset_pairs
+
+    if samples > DRIVER_HASHES:
+        init_ray(config)  # (a run whose rows were all done already did not start it)
+    return count_dataset_pairs(config.output.uri, options, writer.store.manifest_files(), samples,
+                               config.quality.near_duplicate_distance)
+
+
+def dataset_stats(summary: RunSummary, config: JobConfig, near_duplicate_pairs: int) -> dict[str, Any]:
     """DEST/stats.json: what the output holds after this run and what this run cost, for whoever reads the
     dataset (summary.json has the run's full accounting and config)."""
     import shlex
@@ -469,6 +487,8 @@ def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
         "seconds_by_stage": {stage: round(seconds, 3) for stage, seconds in summary.seconds_by_stage.items()},
         "wall_seconds": round(summary.wall_seconds, 3),
         "prompts_encoded": summary.prompts_encoded,
+        "near_duplicate_pairs": near_duplicate_pairs,
+        "near_duplicate_distance": config.quality.near_duplicate_distance,
         "layout": config.output.layout,
         "run_id": summary.run_id,
         "command": shlex.join(sys.argv),
