@@ -449,9 +449,10 @@ class DecodeWorker(StageWorker):
             if scores is not None:
                 out[schema.CLIP_SCORE][row] = scores[index]
                 if self.clip_settings.min is not None and not scores[index] >= self.clip_settings.min:
+                    attempt = int(batch[schema.ATTEMPT][row]) + 1 if schema.ATTEMPT in batch else 1
                     mark_error(out, row, self.stage, LowClipScore(
-                        f"row {request.id!r} failed the quality gate clip_score: it scored {scores[index]:.2f}, "
-                        f"below quality.clip_score.min {self.clip_settings.min:g}"))
+                        f"row {request.id!r} failed the quality gate clip_score on attempt {attempt}: it scored "
+                        f"{scores[index]:.2f}, below quality.clip_score.min {self.clip_settings.min:g}"))
                     continue
             out[schema.PHASH][row] = perceptual.frames_hash(row_frames)
             self._write(batch, out, row, row_frames)
