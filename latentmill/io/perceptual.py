@@ -73,31 +73,63 @@ def bands(distance: int) -> list[tuple[int, int]]:
     return list(zip(shifts, widths))
 
 
-def band_values(value: int, distance: int) -> list[int]:
-    return [(value >> shift) & ((1 << width) - 1) for shift, width in bands(distance)]
+def band_values(hashes: np.ndarray, distance: int) -> np.ndarray:
+    """Each hash's bits in each band (n hashes -> n x bands)."""
+    return np.stack([(hashes >> np.uint64(shift)) & np.uint64((1 << width) - 1)
+                     for shift, width in bands(distance)], axis=1)
 
 
-def bucket_pairs(hashes: list[str], band: int, distance: int) -> int:
-    """Near-duplicate pairs among one bucket's samples (`phash` values sharing band `band`), counting only
-    the pairs whose first shared band is this one."""
-    keyframes = [parse_hashes(text) for text in hashes]
-    first = np.array([frames[0] for frames in keyframes], dtype=np.uint64)
-    earlier = np.array([band_values(frames[0], distance)[:band] for frames in keyframes], dtype=np.uint64)
-    pairs = 0
-    for i in range(len(keyframes) - 1):
-        close = np.bitwise_count(first[i] ^ first[i + 1:]) <= distance
-        if band:  # counted in an earlier band's bucket already
-            close &= ~(earlier[i] == earlier[i + 1:]).any(axis=1)
-        for j in np.nonzero(close)[0] + i + 1:
-            pairs += all(hamming_distance(a, b) <= distance for a, b in zip(keyframes[i][1:], keyframes[j][1:]))
+def keyframe_array(hashes: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """`phash` values as an n x keyframes uint64 array, and which entries are real (videos may differ in
+    keyframes; an image has one)."""
+    parsed = [parse_hashes(text) for text in hashes]
+    width = max((len(frames) for frames in parsed), default=1)
+    values = np.zeros((len(parsed), width), dtype=np.uint64)
+    present = np.zeros((len(parsed), width), dtype=bool)
+    for row, frames in enumerate(parsed):
+        values[row, :len(frames)] = frames
+        present[row, :len(frames)] = True
+    return values, present
+
+
+def band_pairs(hashes: list[str], band: int, distance: int) -> int:
+    """Near-duplicate pairs among `phash` values that share band `band` of their first keyframe hash,
+    counting only the pairs whose first shared band is this one (the others are counted in an earlier band)."""
+    return _band_pairs(*keyframe_array(hashes), band, distance)
+
+
+def _band_pairs(keyframes: np.ndarray, present: np.ndarray, band: int, distance: int) -> int:
+    """band_pairs, vectorised over buckets: with the samples sorted by the band's bits, the k-th pass
+    compares each sample with the one k places after it in its bucket (a bucket of m samples: m - 1 passes)."""
+    if len(keyframes) < 2:
+        return 0
+    first = keyframes[:, 0]
+    bits = band_values(first, distance)[:, :band + 1]
+    order = np.argsort(bits[:, band], kind="stable")
+    ordered = bits[order, band]
+    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    sizes = np.diff(np.r_[starts, len(order)])
+    bucket_size = np.repeat(sizes, sizes)
+    place = np.arange(len(order)) - np.repeat(starts, sizes)  # position inside its bucket
+    pairs, step = 0, 1
+    active = np.flatnonzero(place + step < bucket_size)
+    while active.size:
+        left, right = order[active], order[active + step]
+        close = np.bitwise_count(first[left] ^ first[right]) <= distance
+        if band:
+            close &= ~(bits[left, :band] == bits[right, :band]).any(axis=1)
+        left, right = left[close], right[close]
+        if keyframes.shape[1] > 1:  # videos: every keyframe both have must be close too
+            near = np.bitwise_count(keyframes[left] ^ keyframes[right]) <= distance
+            close = (near | ~(present[left] & present[right])).all(axis=1)
+            left = left[close]
+        pairs += len(left)
+        step += 1
+        active = active[place[active] + step < bucket_size[active]]
     return pairs
 
 
 def count_pairs(hashes: Iterable[str | None], distance: int) -> int:
     """Near-duplicate pairs among `phash` values, bucketed in this process (rows without one are skipped)."""
-    buckets: dict[tuple[int, int], list[str]] = {}
-    for text in hashes:
-        if text:
-            for band, value in enumerate(band_values(parse_hashes(text)[0], distance)):
-                buckets.setdefault((band, value), []).append(text)
-    return sum(bucket_pairs(members, band, distance) for (band, _), members in buckets.items() if len(members) > 1)
+    keyframes, present = keyframe_array([text for text in hashes if text])
+    return sum(_band_pairs(keyframes, present, band, distance) for band in range(distance + 1))

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from latentmill import schema
-from latentmill.io.perceptual import band_values, bucket_pairs, count_pairs, parse_hashes
+from latentmill.io.perceptual import band_pairs, band_values, count_pairs, parse_hashes
 
 DRIVER_HASHES = 200_000  # below this many samples the driver counts (a few MB of hashes)
 
@@ -56,26 +56,24 @@ def _count_with_ray(output_uri: str, storage_options: dict[str, Any], manifest_f
 
 def _bucket_entries(batch, output_uri: str, options, distance: int):
     """Manifest files -> one row per sample and band: (band, the band's bits, the sample's phash)."""
+    import numpy as np
     import pyarrow as pa
 
     from latentmill.io import storage
 
     fs, _ = storage.resolve(output_uri, options.reveal())
-    band, value, hashes = [], [], []
-    for path in batch.column("path").to_pylist():
-        for text in _read_hashes(fs, path):
-            if text:
-                for index, bits in enumerate(band_values(parse_hashes(text)[0], distance)):
-                    band.append(index)
-                    value.append(bits)
-                    hashes.append(text)
-    return pa.table({"band": pa.array(band, pa.int64()), "value": pa.array(value, pa.uint64()),
-                     schema.PHASH: pa.array(hashes, pa.string())})
+    hashes = [text for path in batch.column("path").to_pylist() for text in _read_hashes(fs, path) if text]
+    first = np.array([parse_hashes(text)[0] for text in hashes], dtype=np.uint64)
+    count = distance + 1
+    bits = band_values(first, distance) if hashes else np.zeros((0, count), dtype=np.uint64)
+    return pa.table({"band": pa.array(np.tile(np.arange(count), len(hashes)), pa.int64()),
+                     "value": pa.array(bits.ravel(), pa.uint64()),
+                     schema.PHASH: pa.array(np.repeat(np.array(hashes, dtype=object), count), pa.string())})
 
 
 def _count_bucket(group, distance: int):
     import pyarrow as pa
 
     members = group.column(schema.PHASH).to_pylist()
-    pairs = bucket_pairs(members, group.column("band")[0].as_py(), distance) if len(members) > 1 else 0
+    pairs = band_pairs(members, group.column("band")[0].as_py(), distance) if len(members) > 1 else 0
     return pa.table({"pairs": pa.array([pairs], pa.int64())})

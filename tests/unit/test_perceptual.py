@@ -61,7 +61,8 @@ def test_the_bands_cover_every_bit_once(distance):
     covered = sorted(bit for shift, width in spans for bit in range(shift, shift + width))
     assert covered == list(range(64))
     value = random.Random(distance).getrandbits(64)
-    assert sum(bits << shift for bits, (shift, _) in zip(band_values(value, distance), spans)) == value
+    parts = band_values(np.array([value], dtype=np.uint64), distance)[0]
+    assert sum(int(bits) << shift for bits, (shift, _) in zip(parts, spans)) == value
 
 
 def near_copy(value: int, flips: int, rng: random.Random) -> int:
@@ -123,4 +124,4 @@ def test_the_distributed_buckets_count_what_the_driver_counts(tmp_path):
 
 def test_identical_blank_images_are_all_near_duplicates():
     blank = frames_hash(np.zeros((1, 64, 64, 3), np.uint8))
-    assert count_pairs([blank] * 5, 0) == 10
+    assert count_pairs([blank] * 5, 0) == 10 and count_pairs([blank] * 5, 4) == 10
