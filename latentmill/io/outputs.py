@@ -47,8 +47,8 @@ STAGING = "staging"
 # NNNNN.parquet, NNNNN_stats.json.
 SHARD_FILE = re.compile(r"\.?(\d{5,})(?:\.tar|\.parquet|_stats\.json)(?:\..+\.tmp)?")
 STILL_IMAGES = ("image/png", "image/jpeg", "image/webp")
-HF_FEATURES_KEY = b"huggingface"
-READ_AHEAD = 32  # staged media objects read at once while a shard is assembled  # Parquet schema metadata from which `datasets` restores column types
+HF_FEATURES_KEY = b"huggingface"  # Parquet schema metadata from which `datasets` restores column types
+READ_AHEAD = 32  # staged media objects read at once while a shard is assembled
 
 
 @dataclass

@@ -123,7 +123,7 @@ class ResultWriter:
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.static = run_id, static
-        quality = quality or QualitySettings()
+        quality = quality or QualitySettings(reject_nonfinite=False)  # None: no gate (decode, interpolate jobs)
         self.rejected = {rejection for check, rejection in REJECTIONS.items() if getattr(quality, check)}
         self.max_attempts = quality.max_attempts
         self.retries: list[dict[str, Any]] = []
