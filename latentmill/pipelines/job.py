@@ -462,17 +462,23 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     return summary
 
 
-def _near_duplicate_pairs(config: JobConfig, options: dict[str, Any], writer: ResultWriter, samples: int) -> int:
-    """Near-duplicate pairs among every committed sample of the output (pipelines.duplicates)."""
+def _near_duplicate_pairs(config: JobConfig, options: dict[str, Any], writer: ResultWriter,
+                          samples: int) -> int | None:
+    """Near-duplicate pairs among every committed sample of the output (pipelines.duplicates); None when
+    they cannot be counted, which does not fail a run whose samples are all committed."""
     from latentmill.pipelines.duplicates import DRIVER_HASHES, count_dataset_pairs
 
-    if samples > DRIVER_HASHES:
-        init_ray(config)  # (a run whose rows were all done already did not start it)
-    return count_dataset_pairs(config.output.uri, options, writer.store.manifest_files(), samples,
-                               config.quality.near_duplicate_distance)
+    try:
+        if samples > DRIVER_HASHES:
+            init_ray(config)  # (a run whose rows were all done already did not start it)
+        return count_dataset_pairs(config.output.uri, options, writer.store.manifest_files(), samples,
+                                   config.quality.near_duplicate_distance)
+    except Exception as exc:  # noqa: BLE001 - a statistic: report why it is missing, keep the run's result
+        log.warning("near-duplicate pairs not counted (stats.json has null): %s: %s", type(exc).__name__, exc)
+        return None
 
 
-def dataset_stats(summary: RunSummary, config: JobConfig, near_duplicate_pairs: int) -> dict[str, Any]:
+def dataset_stats(summary: RunSummary, config: JobConfig, near_duplicate_pairs: int | None) -> dict[str, Any]:
     """DEST/stats.json: what the output holds after this run and what this run cost, for whoever reads the
     dataset (summary.json has the run's full accounting and config)."""
     import shlex
