@@ -103,29 +103,28 @@ def _band_pairs(keyframes: np.ndarray, present: np.ndarray, band: int, distance:
     compares each sample with the one k places after it in its bucket (a bucket of m samples: m - 1 passes)."""
     if len(keyframes) < 2:
         return 0
-    first = keyframes[:, 0]
-    bits = band_values(first, distance)[:, :band + 1]
+    bits = band_values(keyframes[:, 0], distance)[:, :band + 1]
     order = np.argsort(bits[:, band], kind="stable")
-    ordered = bits[order, band]
-    starts = np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
+    keyframes, present, bits = keyframes[order], present[order], bits[order]
+    first = keyframes[:, 0]
+    starts = np.flatnonzero(np.r_[True, bits[1:, band] != bits[:-1, band]])
     sizes = np.diff(np.r_[starts, len(order)])
-    bucket_size = np.repeat(sizes, sizes)
-    place = np.arange(len(order)) - np.repeat(starts, sizes)  # position inside its bucket
+    bucket_end = np.repeat(starts + sizes, sizes)  # one past the last sample of each sample's bucket
     pairs, step = 0, 1
-    active = np.flatnonzero(place + step < bucket_size)
+    active = np.flatnonzero(np.arange(len(order)) + step < bucket_end)
     while active.size:
-        left, right = order[active], order[active + step]
-        close = np.bitwise_count(first[left] ^ first[right]) <= distance
-        if band:
-            close &= ~(bits[left, :band] == bits[right, :band]).any(axis=1)
-        left, right = left[close], right[close]
+        close = np.bitwise_count(first[active] ^ first[active + step]) <= distance
+        left = active[close]
+        right = left + step
+        if band:  # a pair that shares an earlier band is counted there
+            new = ~(bits[left, :band] == bits[right, :band]).any(axis=1)
+            left, right = left[new], right[new]
         if keyframes.shape[1] > 1:  # videos: every keyframe both have must be close too
             near = np.bitwise_count(keyframes[left] ^ keyframes[right]) <= distance
-            close = (near | ~(present[left] & present[right])).all(axis=1)
-            left = left[close]
+            left = left[(near | ~(present[left] & present[right])).all(axis=1)]
         pairs += len(left)
         step += 1
-        active = active[place[active] + step < bucket_size[active]]
+        active = active[active + step < bucket_end[active]]
     return pairs
 
 

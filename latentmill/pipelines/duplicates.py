@@ -1,8 +1,10 @@
 """Near-duplicate pairs among a dataset's samples, counted without one process holding every hash.
 
 The buckets of io.perceptual's banding: up to DRIVER_HASHES samples are bucketed on the driver; beyond
-that the buckets are a Ray Data groupby on (band, band bits) (a distributed shuffle), each bucket counted
-by a task, so no process holds more than the buckets it is given.
+that by Ray Data. Each manifest file becomes one entry per sample and band; entries are grouped (a
+distributed shuffle) by band and by their band bits modulo a partition count, so that a group holds
+whole buckets, about GROUP_HASHES entries of them, and each group's buckets are counted by one task with
+the driver's vectorised code. No process holds more than the groups it is given.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from latentmill import schema
 from latentmill.io.perceptual import band_pairs, band_values, count_pairs, parse_hashes
 
 DRIVER_HASHES = 200_000  # below this many samples the driver counts (a few MB of hashes)
+GROUP_HASHES = 100_000  # entries per group counted by one Ray task (whole buckets: a hot bucket can exceed it)
 
 
 def count_dataset_pairs(output_uri: str, storage_options: dict[str, Any], manifest_files: list[str],
@@ -24,7 +27,7 @@ def count_dataset_pairs(output_uri: str, storage_options: dict[str, Any], manife
     if samples <= DRIVER_HASHES:
         fs, _ = storage.resolve(output_uri, storage_options)
         return count_pairs((text for path in manifest_files for text in _read_hashes(fs, path)), distance)
-    return _count_with_ray(output_uri, storage_options, manifest_files, distance)
+    return _count_with_ray(output_uri, storage_options, manifest_files, distance, -(-samples // GROUP_HASHES))
 
 
 def _read_hashes(fs, path: str) -> list[str | None]:
@@ -40,7 +43,7 @@ def _read_hashes(fs, path: str) -> list[str | None]:
 
 
 def _count_with_ray(output_uri: str, storage_options: dict[str, Any], manifest_files: list[str],
-                    distance: int) -> int:
+                    distance: int, partitions: int) -> int:
     import ray.data
 
     from latentmill.io.hidden import HiddenOptions
@@ -48,14 +51,15 @@ def _count_with_ray(output_uri: str, storage_options: dict[str, Any], manifest_f
     files = ray.data.from_items([{"path": path} for path in manifest_files])
     entries = files.map_batches(_bucket_entries, batch_size=1, batch_format="pyarrow",
                                 fn_kwargs={"output_uri": output_uri, "options": HiddenOptions(storage_options),
-                                           "distance": distance})
-    counted = entries.groupby(["band", "value"]).map_groups(_count_bucket, batch_format="pyarrow",
-                                                            fn_kwargs={"distance": distance})
+                                           "distance": distance, "partitions": partitions})
+    groups = (distance + 1) * partitions
+    counted = entries.groupby(["band", "partition"], num_partitions=min(groups, 200)).map_groups(
+        _count_group, batch_format="pyarrow", fn_kwargs={"distance": distance})
     return int(counted.sum("pairs") or 0)
 
 
-def _bucket_entries(batch, output_uri: str, options, distance: int):
-    """Manifest files -> one row per sample and band: (band, the band's bits, the sample's phash)."""
+def _bucket_entries(batch, output_uri: str, options, distance: int, partitions: int):
+    """Manifest files -> one row per sample and band: (band, the group of its bucket, the sample's phash)."""
     import numpy as np
     import pyarrow as pa
 
@@ -67,13 +71,13 @@ def _bucket_entries(batch, output_uri: str, options, distance: int):
     count = distance + 1
     bits = band_values(first, distance) if hashes else np.zeros((0, count), dtype=np.uint64)
     return pa.table({"band": pa.array(np.tile(np.arange(count), len(hashes)), pa.int64()),
-                     "value": pa.array(bits.ravel(), pa.uint64()),
+                     "partition": pa.array(bits.ravel() % np.uint64(partitions), pa.int64()),
                      schema.PHASH: pa.array(np.repeat(np.array(hashes, dtype=object), count), pa.string())})
 
 
-def _count_bucket(group, distance: int):
+def _count_group(group, distance: int):
+    """The pairs of the whole buckets of one band in a group (band_pairs sorts them into their buckets)."""
     import pyarrow as pa
 
     members = group.column(schema.PHASH).to_pylist()
-    pairs = band_pairs(members, group.column("band")[0].as_py(), distance) if len(members) > 1 else 0
-    return pa.table({"pairs": pa.array([pairs], pa.int64())})
+    return pa.table({"pairs": pa.array([band_pairs(members, group.column("band")[0].as_py(), distance)], pa.int64())})

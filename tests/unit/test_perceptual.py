@@ -15,7 +15,7 @@ from latentmill.io import media
 from latentmill.io.hidden import HiddenOptions
 from latentmill.io.perceptual import (band_values, bands, count_pairs, frames_hash, hamming_distance, image_hash,
                                       parse_hashes)
-from latentmill.pipelines.duplicates import _bucket_entries, _count_bucket, count_dataset_pairs
+from latentmill.pipelines.duplicates import _bucket_entries, _count_group, count_dataset_pairs
 
 
 def picture(seed: int, size: int = 96) -> np.ndarray:
@@ -101,8 +101,8 @@ def test_banded_pair_counting_equals_brute_force(distance, keyframes):
 
 
 def test_the_distributed_buckets_count_what_the_driver_counts(tmp_path):
-    """The Ray path's two steps (manifest files -> bucket entries; one bucket -> its pairs), grouped here
-    by hand, give the brute-force count; so does the driver path over the same files."""
+    """The Ray path's two steps (manifest files -> entries; a group of whole buckets -> its pairs), grouped
+    here by hand, give the brute-force count; so does the driver path over the same files."""
     hashes = random_hashes(7)
     files = []
     for part in range(4):
@@ -112,12 +112,13 @@ def test_the_distributed_buckets_count_what_the_driver_counts(tmp_path):
         files.append(str(path))
     pq.write_table(pa.table({schema.ID: ["old"]}), tmp_path / "old.parquet")  # a part from before phash
     files.append(str(tmp_path / "old.parquet"))
-    entries = _bucket_entries(pa.table({"path": files}), str(tmp_path), HiddenOptions({}), 4)
+    entries = _bucket_entries(pa.table({"path": files}), str(tmp_path), HiddenOptions({}), 4, partitions=3)
     assert entries.num_rows == 5 * len(hashes)
     groups: dict[tuple[int, int], list[int]] = {}
-    for index, key in enumerate(zip(entries["band"].to_pylist(), entries["value"].to_pylist())):
+    for index, key in enumerate(zip(entries["band"].to_pylist(), entries["partition"].to_pylist())):
         groups.setdefault(key, []).append(index)
-    counted = sum(_count_bucket(entries.take(rows), 4)["pairs"][0].as_py() for rows in groups.values())
+    assert len(groups) == 5 * 3
+    counted = sum(_count_group(entries.take(rows), 4)["pairs"][0].as_py() for rows in groups.values())
     assert counted == brute_force(hashes, 4)
     assert count_dataset_pairs(str(tmp_path), {}, files, len(hashes), 4) == counted
 
