@@ -402,11 +402,13 @@ class QualitySettings(_Strict):
 
     @property
     def enabled(self) -> bool:
-        return self.reject_nonfinite or self.reject_blank or self.clip_gate
+        return bool(self.checks())
 
-    @property
-    def clip_gate(self) -> bool:
-        return self.clip_score is not None and self.clip_score.min is not None
+    def checks(self) -> set[str]:
+        """The checks that reject samples (clip_score only with a `min`)."""
+        on = {"reject_nonfinite": self.reject_nonfinite, "reject_blank": self.reject_blank,
+              "clip_score": self.clip_score is not None and self.clip_score.min is not None}
+        return {check for check, rejects in on.items() if rejects}
 
     def decisive(self) -> dict[str, Any] | None:
         """What of the gate decides which samples the output keeps, for the job fingerprint; None when that

@@ -35,6 +35,8 @@ class RunSummary:
     rows_failed: int = 0
     prompts_encoded: int = 0  # text encoder runs: samples of one prompt, and equal prompts in a batch, share one
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    failed_by_gate: dict[str, int] = field(default_factory=dict)  # failures a quality gate check made, by check
+    attempts: dict[int, int] = field(default_factory=dict)  # this run's outputs by the attempt kept (0 = first)
     bytes_written: int = 0  # media bytes of this run's outputs
     seconds_by_stage: dict[str, float] = field(default_factory=dict)  # sum of the outputs' per-row stage seconds
     resumed: bool = False
@@ -107,7 +109,7 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
 # What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
 REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
               "reject_blank": (schema.STAGE_DECODE, "BlankImage"),
-              "clip_gate": (schema.STAGE_DECODE, "LowClipScore")}
+              "clip_score": (schema.STAGE_DECODE, "LowClipScore")}
 
 
 class ResultWriter:
@@ -124,7 +126,7 @@ class ResultWriter:
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.static = run_id, static
         quality = quality or QualitySettings(reject_nonfinite=False)  # None: no gate (decode, interpolate jobs)
-        self.rejected = {rejection for check, rejection in REJECTIONS.items() if getattr(quality, check)}
+        self.rejected = {REJECTIONS[check]: check for check in quality.checks()}
         self.max_attempts = quality.max_attempts
         self.retries: list[dict[str, Any]] = []
         self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
@@ -159,6 +161,9 @@ class ResultWriter:
                 errors.append(row)
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
+                check = self.rejected.get((stage, row.get(schema.ERROR_TYPE)))
+                if check:
+                    summary.failed_by_gate[check] = summary.failed_by_gate.get(check, 0) + 1
             else:
                 # (a column no stage of this job fills, e.g. embeddings_cached in a decode job, stays null)
                 row = {name: _plain(batch[name][index]) if name in batch else None for name in self.store.columns}
@@ -167,6 +172,8 @@ class ResultWriter:
                 row.update(self.static)
                 outputs.append(row)
                 summary.outputs_written += 1
+                attempt = int(batch[schema.ATTEMPT][index]) if schema.ATTEMPT in batch else 0
+                summary.attempts[attempt] = summary.attempts.get(attempt, 0) + 1
                 summary.bytes_written += int(row.get(schema.BYTES) or 0)
                 for stage in schema.STAGES:
                     seconds = float(row.get(schema.seconds_column(stage)) or 0.0)
@@ -489,6 +496,8 @@ def dataset_stats(summary: RunSummary, config: JobConfig, near_duplicate_pairs: 
         "samples_written": summary.outputs_written,
         "failed": summary.rows_failed,
         "failed_by_stage": summary.failed_by_stage,
+        "failed_by_gate": summary.failed_by_gate,
+        "attempts": summary.attempts,
         "bytes_written": summary.bytes_written,
         "seconds_by_stage": {stage: round(seconds, 3) for stage, seconds in summary.seconds_by_stage.items()},
         "wall_seconds": round(summary.wall_seconds, 3),

@@ -54,6 +54,7 @@ def test_clip_scores_are_recorded_and_near_duplicates_counted(ray_local, tmp_pat
     stats = json.loads((out / "stats.json").read_text())
     expected = near_duplicates(list(hashes.values()), 4)
     assert stats["near_duplicate_distance"] == 4 and stats["near_duplicate_pairs"] == expected >= 2
+    assert stats["attempts"] == {"0": 8} and stats["failed_by_gate"] == {}
     for shard in shards:  # each shard counts the pairs among its own samples
         shard_stats = json.loads(shard.with_name(shard.stem + "_stats.json").read_text())
         assert shard_stats["near_duplicate_pairs"] == near_duplicates(pq.read_table(shard)[schema.PHASH].to_pylist(), 4)
@@ -74,3 +75,5 @@ def test_a_clip_threshold_no_sample_reaches_ends_in_error_rows_naming_the_gate(r
         assert (row[schema.ERROR_STAGE], row[schema.ERROR_TYPE]) == ("decode", "LowClipScore")
         assert "quality gate clip_score on attempt 2" in row[schema.ERROR_MESSAGE]
         assert "below quality.clip_score.min 1000" in row[schema.ERROR_MESSAGE]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["failed_by_gate"] == {"clip_score": 3} and stats["failed_by_stage"] == {"decode": 3}
