@@ -1,6 +1,7 @@
 """The CLIP-score gate with a tiny random CLIP model, and the near-duplicate counts of stats.json, on local
 Ray: scores are recorded, a threshold every sample fails ends in error rows after max_attempts, and the
-near-duplicate pairs (identical rows made on purpose) add up on the driver, per shard and on Ray Data.
+near-duplicate pairs (identical rows made on purpose) add up on the driver, per shard and on Ray Data; a
+CLIP model on the S3 test server is copied once and loads.
 """
 
 from __future__ import annotations
@@ -9,12 +10,14 @@ import itertools
 import json
 import math
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from latentmill import schema
 from latentmill.io import storage
 from latentmill.io.perceptual import hamming_distance, parse_hashes
+from latentmill.models import ModelError
 from tests.helpers import tiny_clip, write_table
 from tests.integration.exactly_once import run
 
@@ -77,3 +80,21 @@ def test_a_clip_threshold_no_sample_reaches_ends_in_error_rows_naming_the_gate(r
         assert "below quality.clip_score.min 1000" in row[schema.ERROR_MESSAGE]
     stats = json.loads((out / "stats.json").read_text())
     assert stats["failed_by_gate"] == {"clip_score": 3} and stats["failed_by_stage"] == {"decode": 3}
+
+
+def test_a_clip_model_on_s3_is_copied_once_and_loads(s3, clip_model, tmp_path, monkeypatch):
+    import torch
+
+    from latentmill.models.clip_score import ClipScorer, resolve_clip
+
+    monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path / "cache"))
+    uri = "s3://latentmill/models/tiny-clip"
+    fs, path = storage.resolve(uri, s3.storage_options())
+    fs.put(clip_model + "/", path, recursive=True)
+    local = resolve_clip(uri, s3.storage_options())
+    assert local.is_relative_to(tmp_path / "cache") and (local / "model.safetensors").is_file()
+    assert resolve_clip(uri, s3.storage_options()) == local  # the copy is reused
+    scores = ClipScorer(local, torch.device("cpu"), torch.float32).scores([np.zeros((1, 32, 32, 3), np.uint8)], ["a"])
+    assert math.isfinite(scores[0])
+    with pytest.raises(ModelError, match="cannot download the model 's3://latentmill/models/missing'"):
+        resolve_clip("s3://latentmill/models/missing", s3.storage_options())
