@@ -49,7 +49,7 @@ class ClipScorer:
     def __init__(self, folder: Path, device, dtype, keyframes: int = 4) -> None:
         from transformers import CLIPModel, CLIPProcessor
 
-        self.model = CLIPModel.from_pretrained(folder, dtype=dtype).to(device).eval()
+        self.model = CLIPModel.from_pretrained(folder).to(device=device, dtype=dtype).eval()
         self.processor = CLIPProcessor.from_pretrained(folder)
         self.device, self.dtype, self.keyframes = device, dtype, keyframes
         self.max_tokens = self.model.config.text_config.max_position_embeddings
