@@ -14,7 +14,7 @@ from typing import Any
 from latentmill import schema
 from latentmill.io.perceptual import band_pairs, band_values, count_pairs, parse_hashes
 
-DRIVER_HASHES = 200_000  # below this many samples the driver counts (a few MB of hashes)
+DRIVER_HASHES = 200_000  # up to this many samples the driver counts (tens of MB, under a second)
 GROUP_HASHES = 100_000  # entries per group counted by one Ray task (whole buckets: a hot bucket can exceed it)
 
 
@@ -79,5 +79,5 @@ def _count_group(group, distance: int):
     """The pairs of the whole buckets of one band in a group (band_pairs sorts them into their buckets)."""
     import pyarrow as pa
 
-    members = group.column(schema.PHASH).to_pylist()
-    return pa.table({"pairs": pa.array([band_pairs(members, group.column("band")[0].as_py(), distance)], pa.int64())})
+    pairs = band_pairs(group.column(schema.PHASH).to_pylist(), group.column("band")[0].as_py(), distance)
+    return pa.table({"pairs": pa.array([pairs], pa.int64())})
