@@ -393,19 +393,60 @@ class DecodeSettings(_Strict):
     tiling: bool = Field(False, description="Tiled and sliced VAE decoding from the start (less memory, slower).")
 
 
+class ClipScoreSettings(_Strict):
+    """The CLIP-score gate: how well a sample's decoded frames match its prompt (models.clip_score)."""
+
+    model: str = Field(description="Folder or URI (s3://...) of a transformers CLIP model: a CLIPModel and its "
+                       "CLIPProcessor saved with save_pretrained.")
+    min: float | None = Field(None, description="Regenerate a sample scoring below this (100 x cosine "
+                              "similarity); null only records each sample's score in the clip_score column.")
+
+    @field_validator("model")
+    @classmethod
+    def _check_model(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("quality.clip_score.model must be a folder or URI of a CLIP model")
+        return value
+
+    @field_validator("min")
+    @classmethod
+    def _check_min(cls, value: float | None) -> float | None:
+        return _finite(value, "quality.clip_score.min")
+
+
 class QualitySettings(_Strict):
     """A quality gate: a rejected sample is generated again with the next seed derived from its last one."""
 
-    reject_nonfinite: bool = Field(False, description="Regenerate a sample whose latents are NaN or infinite "
+    reject_nonfinite: bool = Field(True, description="Regenerate a sample whose latents are NaN or infinite "
                                    "(otherwise an error row).")
     reject_blank: bool = Field(False, description="Regenerate a sample whose decoded frames are blank (one flat "
                                "colour).")
+    clip_score: ClipScoreSettings | None = Field(None, description="Score each sample with a CLIP model against "
+                                                 "its prompt; regenerate those below `min`.")
     max_attempts: int = Field(3, ge=1, description="Attempts per sample, the first included; past them the sample "
                               "is an error row.")
+    near_duplicate_distance: int = Field(4, ge=0, le=12, description="Two samples whose perceptual hashes differ "
+                                         "in at most this many of 64 bits count as a near-duplicate pair in "
+                                         "stats.json (counted, never rejected). Counting compares hashes that "
+                                         "share one of distance+1 bands, so its cost grows with the distance.")
 
     @property
     def enabled(self) -> bool:
-        return self.reject_nonfinite or self.reject_blank
+        return bool(self.checks())
+
+    def checks(self) -> set[str]:
+        """The checks that reject samples (clip_score only with a `min`)."""
+        on = {"reject_nonfinite": self.reject_nonfinite, "reject_blank": self.reject_blank,
+              "clip_score": self.clip_score is not None and self.clip_score.min is not None}
+        return {check for check, rejects in on.items() if rejects}
+
+    def decisive(self) -> dict[str, Any] | None:
+        """What of the gate decides which samples the output keeps, for the job fingerprint; None when that
+        is what any run keeps (a sample with NaN latents is never kept, gate or not; the near-duplicate
+        distance changes no sample)."""
+        if not self.reject_blank and self.clip_score is None:
+            return None
+        return self.model_dump(mode="json", exclude={"reject_nonfinite", "near_duplicate_distance"})
 
 
 def parse_budget(value: str | float | int | None) -> float | int | None:

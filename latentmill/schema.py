@@ -87,6 +87,8 @@ AUDIO_SECONDS = "audio_seconds"
 AUDIO_COLUMNS = (AUDIO_SAMPLE_RATE, AUDIO_CHANNELS, AUDIO_SECONDS)
 LATENTS_URI = "latents_uri"  # with output.save_latents: the row's saved latents (a decode job: its source)
 LATENTS_SHA256 = "latents_sha256"
+PHASH = "phash"  # perceptual hash (io.perceptual) of the image, or of each keyframe of a video, in hex
+CLIP_SCORE = "clip_score"  # with quality.clip_score: 100 x cosine similarity of the frames and the prompt
 SHARD_KEY = "key"  # a sample's name inside its shard (webdataset and parquet layouts)
 SHARD_MEDIA = {"image": "image", "video": "video"}  # the parquet layout's media column, by kind of media
 
@@ -107,6 +109,7 @@ MANIFEST_COLUMNS = (
     SHA256,
     MIME_TYPE,
     DECODE_MODE,
+    PHASH,
     *(seconds_column(s) for s in STAGES),
     "latentmill_version",
     "job_fingerprint",

@@ -70,3 +70,26 @@ def mp4_top_level_boxes(data: bytes) -> list[bytes]:
     if offset != len(data):
         raise ValueError(f"corrupt MP4: the last box overruns the data ({offset} > {len(data)})")
     return boxes
+
+
+def tiny_clip(folder: Path) -> Path:
+    """A random CLIP model (a CLIPModel and its CLIPProcessor, a few thousand parameters) saved in `folder`,
+    with the built-in tokenizer trained locally: the quality gate's clip_score plumbing, not its judgement."""
+    import torch
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor
+
+    from latentmill.models.tiny_builds.tokenizers import train_clip_tokenizer
+
+    tokenizer = train_clip_tokenizer()
+    layers = {"hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2, "num_attention_heads": 4,
+              "projection_dim": 16}
+    text = {**layers, "vocab_size": len(tokenizer), "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.eos_token_id}
+    torch.manual_seed(0)
+    model = CLIPModel(CLIPConfig(text_config=text, vision_config={**layers, "image_size": 32, "patch_size": 8},
+                                 projection_dim=16))
+    model.save_pretrained(folder)
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    CLIPProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(folder)
+    return folder

@@ -110,6 +110,20 @@ class BlankImage(ValueError):
     """Decoded frames of one flat colour (the quality gate's reject_blank)."""
 
 
+class LowClipScore(ValueError):
+    """Decoded frames that match their prompt too little (the quality gate's clip_score)."""
+
+
+@dataclass(frozen=True)
+class ClipGateSettings:
+    """What a decode actor needs for quality.clip_score: the CLIP model, and the score below which a
+    sample is rejected (None: only recorded)."""
+
+    model: str
+    storage_options: HiddenOptions
+    min: float | None = None
+
+
 def is_blank(frames: np.ndarray) -> bool:
     """uint8 frames whose pixels all lie within 2 levels of each other."""
     return int(frames.max()) - int(frames.min()) <= 2
@@ -367,12 +381,14 @@ class DecodeWorker(StageWorker):
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
                  metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False,
-                 memory_budget_gb: float | None = None, peak_memory: DecodePeakMemory | None = None) -> None:
+                 memory_budget_gb: float | None = None, peak_memory: DecodePeakMemory | None = None,
+                 clip_score: ClipGateSettings | None = None) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
         self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
         self.reject_blank = reject_blank
+        self.clip_settings = clip_score
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
@@ -390,6 +406,12 @@ class DecodeWorker(StageWorker):
             self.family.low_memory_decode(True)
         self.memory_plan = plan_decode_memory(self.family, self.device, self.num_gpus, self.memory_budget_gb,
                                               self.peak_memory, self.dtype)
+        self.clip = None
+        if self.clip_settings is not None:
+            from latentmill.models.clip_score import ClipScorer, resolve_clip
+
+            folder = resolve_clip(self.clip_settings.model, self.clip_settings.storage_options.reveal())
+            self.clip = ClipScorer(folder, self.device, self.dtype)
 
     def __call__(self, batch):
         if schema.LATENTS not in batch:
@@ -445,13 +467,16 @@ class DecodeWorker(StageWorker):
         if self.family.has_audio:
             for name in schema.AUDIO_COLUMNS:
                 out[name] = np.full(size, None, dtype=object)
+        out[schema.PHASH] = np.full(size, "", dtype=object)
+        if self.clip is not None:
+            out[schema.CLIP_SCORE] = np.full(size, np.nan)
         if self.latents_metadata is not None:
             out[schema.LATENTS_URI] = np.full(size, "", dtype=object)
             out[schema.LATENTS_SHA256] = np.full(size, "", dtype=object)
         return out
 
     def process(self, batch, out, rows):
-        from latentmill.io import media
+        from latentmill.io import media, perceptual
 
         latents = np.stack([np.asarray(batch[schema.LATENTS][row], dtype=np.float32) for row in rows])
         extra = {name: np.stack([np.asarray(batch[name][row], dtype=np.float32) for row in rows])
@@ -471,12 +496,23 @@ class DecodeWorker(StageWorker):
         out[schema.DECODE_MODE][rows] = mode
         tracks = self.family.decode_audio(extra, requests) if self.family.has_audio and extra else [None] * len(rows)
         frames = media.to_uint8(decoded)
-        for position, (row, row_frames, request, track) in enumerate(zip(rows, frames, requests, tracks)):
+        for row, row_frames, request in zip(rows, frames, requests):
             if self.faults.poisoned(request.id, "blank") and not is_retry(batch, row):
                 row_frames[...] = 0
+        scores = self.clip.scores(list(frames), [request.prompt for request in requests]) if self.clip else None
+        for position, (row, row_frames, request, track) in enumerate(zip(rows, frames, requests, tracks)):
             if self.reject_blank and is_blank(row_frames):
                 mark_error(out, row, self.stage, BlankImage(f"row {request.id!r} decoded to a blank image"))
                 continue
+            if scores is not None:
+                out[schema.CLIP_SCORE][row] = scores[position]
+                if self.clip_settings.min is not None and not scores[position] >= self.clip_settings.min:
+                    attempt = int(batch[schema.ATTEMPT][row]) + 1 if schema.ATTEMPT in batch else 1
+                    mark_error(out, row, self.stage, LowClipScore(
+                        f"row {request.id!r} failed the quality gate clip_score on attempt {attempt}: it scored "
+                        f"{scores[position]:.2f}, below quality.clip_score.min {self.clip_settings.min:g}"))
+                    continue
+            out[schema.PHASH][row] = perceptual.frames_hash(row_frames)
             self._write(batch, out, row, row_frames, track)
             if self.latents_metadata is not None:
                 self._save_latents(out, row, latents[position], request,

@@ -109,6 +109,12 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
     return (x * 255).round().astype("uint8")
 
 
+def keyframe_indices(frame_count: int, most: int = 4) -> list[int]:
+    """Up to `most` evenly spaced frames, first and last included, that stand for a video in the quality
+    checks (CLIP score, perceptual hashes); an image's one frame."""
+    return sorted({round(i) for i in np.linspace(0, frame_count - 1, min(frame_count, most))})
+
+
 # --------------------------------------------------------------------------------------------
 # Images
 # --------------------------------------------------------------------------------------------

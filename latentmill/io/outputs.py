@@ -13,7 +13,9 @@ A sample counts as done only once committed, so a crash at any point loses work 
   {bytes, path} struct column (what Hugging Face `datasets` reads as an Image), with NNNNN_stats.json.
 
 A shard is assembled on the driver from the media the decode actors staged under staging/, and written
-as whole objects: the data file (tar), its stats, then the sidecar Parquet last. The sidecar is the
+as whole objects: the data file (a tar is streamed through a local temporary file and uploaded from it,
+as a multipart upload when large; a parquet shard is built in memory), its stats, then the sidecar
+Parquet last. The sidecar is the
 commit marker: a shard without one was never committed, and resume deletes it and the staged media,
 so those samples are generated again (into a new shard).
 """
@@ -24,8 +26,10 @@ import hashlib
 import io
 import json
 import logging
+import os
 import re
 import tarfile
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -33,6 +37,7 @@ from typing import Any
 
 from latentmill import schema
 from latentmill.io import storage
+from latentmill.io.perceptual import count_pairs
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +48,7 @@ STAGING = "staging"
 SHARD_FILE = re.compile(r"\.?(\d{5,})(?:\.tar|\.parquet|_stats\.json)(?:\..+\.tmp)?")
 STILL_IMAGES = ("image/png", "image/jpeg", "image/webp")
 HF_FEATURES_KEY = b"huggingface"  # Parquet schema metadata from which `datasets` restores column types
+READ_AHEAD = 32  # staged media objects read at once while a shard is assembled
 
 
 @dataclass
@@ -126,6 +132,10 @@ class OutputStore:
         """Make every added row durable (at the end of a run, and when a run stops on an error)."""
         raise NotImplementedError
 
+    def manifest_files(self) -> list[str]:
+        """The Parquet files holding the manifest rows of every committed sample."""
+        raise NotImplementedError
+
 
 class FileStore(OutputStore):
     """One object per sample under media/; manifest rows in Parquet parts under manifest/."""
@@ -149,14 +159,18 @@ class FileStore(OutputStore):
     def commit(self):
         self.parts.flush()
 
+    def manifest_files(self):
+        return list_parts(self.fs, storage.join(self.root, "manifest"))
+
 
 class ShardStore(OutputStore):
     """Samples grouped into shards of `shard_size`, each committed by its sidecar (module docstring)."""
 
     def __init__(self, fs, root: str, uri: str, run_id: str, columns: tuple[str, ...], layout: str,
-                 shard_size: int = 1000) -> None:
+                 shard_size: int = 1000, near_duplicate_distance: int = 4) -> None:
         super().__init__(fs, root, uri, run_id, (*columns, schema.SHARD_KEY))
         self.layout, self.shard_size = layout, shard_size
+        self.near_duplicate_distance = near_duplicate_distance
         self.pending: list[dict[str, Any]] = []
         self.next_shard = 0
 
@@ -199,24 +213,29 @@ class ShardStore(OutputStore):
             self._write_shard(self.pending)
             self.pending = []
 
+    def manifest_files(self):
+        return list_parts(self.fs, storage.join(self.root, SHARDS), r"\d{5,}\.parquet")
+
     def _write_shard(self, rows: list[dict[str, Any]]) -> None:
         import pyarrow as pa
 
         name = f"{self.next_shard:05d}"
         folder = storage.join(self.root, SHARDS)
         staged = [storage.join(self.root, STAGING, row[schema.OUTPUT_URI].rsplit("/", 1)[-1]) for row in rows]
-        with ThreadPoolExecutor(max_workers=16) as pool:
-            media = list(pool.map(lambda path: storage.read_bytes(self.fs, path), staged))
         data_name = f"{name}.tar" if self.layout == "webdataset" else f"{name}.parquet"
         rows = [{**row, schema.SHARD_KEY: shard_key(row[schema.ID]), schema.OUTPUT_URI: storage.join(self.uri, SHARDS, data_name)}
                 for row in rows]
         table = pa.Table.from_pylist(rows).select(list(self.columns))
         if self.layout == "webdataset":
-            storage.put_bytes(self.fs, storage.join(folder, data_name), _tar_bytes(rows, media))
+            media_bytes = self._put_tar(storage.join(folder, data_name), rows, staged)
         else:
+            media = [data for chunk in self._read_staged(staged) for data in chunk]
+            media_bytes = sum(map(len, media))
             table = _with_media_column(table, rows, media, image=rows[0][schema.MIME_TYPE] in STILL_IMAGES)
-        stats = {"shard": name, "layout": self.layout, "samples": len(rows), "media_bytes": sum(map(len, media)),
-                 "run_id": self.run_id}
+        stats = {"shard": name, "layout": self.layout, "samples": len(rows), "media_bytes": media_bytes,
+                 "near_duplicate_pairs": count_pairs([row.get(schema.PHASH) for row in rows],
+                                                     self.near_duplicate_distance),
+                 "near_duplicate_distance": self.near_duplicate_distance, "run_id": self.run_id}
         storage.put_bytes(self.fs, storage.join(folder, f"{name}_stats.json"), json.dumps(stats, indent=2).encode())
         storage.put_bytes(self.fs, storage.join(folder, f"{name}.parquet"), _parquet_bytes(table))  # the commit
         self.next_shard += 1
@@ -224,11 +243,35 @@ class ShardStore(OutputStore):
             self.fs.rm_file(path)
 
 
+    def _read_staged(self, staged: list[str]):
+        """The staged media, READ_AHEAD objects at a time (read in parallel, in order)."""
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            for start in range(0, len(staged), READ_AHEAD):
+                yield list(pool.map(lambda path: storage.read_bytes(self.fs, path), staged[start:start + READ_AHEAD]))
+
+    def _put_tar(self, path: str, rows: list[dict[str, Any]], staged: list[str]) -> int:
+        """Write a WebDataset shard to `path` and return its media bytes. The tar is streamed into a local
+        temporary file, a few staged objects at a time, and uploaded from there (a multipart upload when
+        large), so a shard of any size never sits in the driver's memory."""
+        media_bytes = 0
+        with tempfile.TemporaryDirectory(prefix="latentmill-shard-") as folder:
+            local = os.path.join(folder, path.rsplit("/", 1)[-1])
+            with open(local, "wb") as file, tarfile.open(fileobj=file, mode="w", format=tarfile.PAX_FORMAT) as tar:
+                position = 0
+                for chunk in self._read_staged(staged):
+                    for data in chunk:
+                        _add_sample(tar, rows[position], data)
+                        media_bytes += len(data)
+                        position += 1
+            storage.put_file(self.fs, local, path)
+        return media_bytes
+
+
 def open_store(layout: str, fs, root: str, uri: str, run_id: str, columns: tuple[str, ...], *, shard_size: int,
-               rows_per_part: int, flush_seconds: float) -> OutputStore:
+               rows_per_part: int, flush_seconds: float, near_duplicate_distance: int = 4) -> OutputStore:
     if layout == "files":
         return FileStore(fs, root, uri, run_id, columns, rows_per_part, flush_seconds)
-    return ShardStore(fs, root, uri, run_id, columns, layout, shard_size)
+    return ShardStore(fs, root, uri, run_id, columns, layout, shard_size, near_duplicate_distance)
 
 
 def shard_key(row_id: str) -> str:
@@ -247,20 +290,16 @@ def _parquet_bytes(table) -> bytes:
     return buffer.getvalue()
 
 
-def _tar_bytes(rows: list[dict[str, Any]], media: list[bytes]) -> bytes:
-    """A WebDataset shard: per sample {key}.{ext}, {key}.json (its manifest row), {key}.txt (its prompt)."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for row, data in zip(rows, media):
-            key = row[schema.SHARD_KEY]
-            extension = row[schema.MIME_TYPE].split("/")[-1].replace("jpeg", "jpg")
-            members = {extension: data, "json": json.dumps(row, ensure_ascii=False, default=str).encode(),
-                       "txt": row[schema.PROMPT].encode()}
-            for suffix, payload in members.items():
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size, info.mtime, info.mode = len(payload), 0, 0o644
-                tar.addfile(info, io.BytesIO(payload))
-    return buffer.getvalue()
+def _add_sample(tar: tarfile.TarFile, row: dict[str, Any], data: bytes) -> None:
+    """One sample of a WebDataset shard: {key}.{ext}, {key}.json (its manifest row), {key}.txt (its prompt)."""
+    key = row[schema.SHARD_KEY]
+    extension = row[schema.MIME_TYPE].split("/")[-1].replace("jpeg", "jpg")
+    members = {extension: data, "json": json.dumps(row, ensure_ascii=False, default=str).encode(),
+               "txt": row[schema.PROMPT].encode()}
+    for suffix, payload in members.items():
+        info = tarfile.TarInfo(f"{key}.{suffix}")
+        info.size, info.mtime, info.mode = len(payload), 0, 0o644
+        tar.addfile(info, io.BytesIO(payload))
 
 
 def _with_media_column(table, rows: list[dict[str, Any]], media: list[bytes], image: bool):

@@ -27,6 +27,7 @@ import logging
 import os
 import random
 import re
+import shutil
 import tempfile
 import time
 import uuid
@@ -614,12 +615,17 @@ def _umask() -> int:
 
 
 def _write_local_atomic(path: str, data: bytes) -> None:
+    _replace_local_atomic(path, lambda f: f.write(data))
+
+
+def _replace_local_atomic(path: str, write: Callable[[Any], Any]) -> None:
+    """`write(file)` into a temporary sibling of `path`, fsync, then rename it to `path`."""
     parent = os.path.dirname(path) or "."
     os.makedirs(parent, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
-            f.write(data)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         # mkstemp creates 0600; give the file the usual umask-based mode.
@@ -719,6 +725,40 @@ def put_bytes(
         base_delay=base_delay,
         max_delay=max_delay,
     )
+
+
+def put_file(
+    fs: Any,
+    local_path: str,
+    path: str,
+    *,
+    content_type: str | None = None,
+    part_size: int | None = None,
+    retries: int = 5,
+    base_delay: float = 0.2,
+    max_delay: float = 10.0,
+) -> None:
+    """Write the local file `local_path` to `path` as `put_bytes` writes bytes, without reading it into
+    memory: locally a copy into a temporary sibling and a rename; on object stores fsspec's `put_file`,
+    one PUT or, for a large file, a multipart upload of `part_size` parts (s3fs's default: 50 MiB, used
+    from 100 MiB on) that becomes visible only when complete. Errors and retries as for `put_bytes`."""
+    if _is_local(fs):
+        target = fs._strip_protocol(path) if hasattr(fs, "_strip_protocol") else path
+
+        def op() -> None:
+            with open(local_path, "rb") as source:
+                _replace_local_atomic(target, lambda f: shutil.copyfileobj(source, f, 16 * 2**20))
+
+        path = target
+    else:
+        options = _put_options(fs, path, content_type)
+        if part_size is not None:
+            options["chunksize"] = part_size
+
+        def op() -> None:
+            fs.put_file(local_path, path, **options)
+
+    _retry(op, action="writing", fs=fs, path=path, retries=retries, base_delay=base_delay, max_delay=max_delay)
 
 
 def read_bytes(

@@ -67,8 +67,9 @@ class ModelRef:
         return families()[self.pipeline_class](local)
 
 
-def materialize(path: str, storage_options: dict | None = None) -> Path:
-    """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied."""
+def materialize(path: str, storage_options: dict | None = None, marker: str = "model_index.json") -> Path:
+    """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied (a copy
+    counts as complete when it has `marker`, the file the checkpoint is recognised by)."""
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
         if name.startswith("sim-"):
@@ -80,15 +81,15 @@ def materialize(path: str, storage_options: dict | None = None) -> Path:
         except ValueError as exc:
             raise ModelError(str(exc)) from None
     if "://" in path and not path.startswith("file://"):
-        return _download(path, storage_options or {})
+        return _download(path, storage_options or {}, marker)
     return Path(path.removeprefix("file://")).expanduser()
 
 
-def _download(uri: str, storage_options: dict) -> Path:
+def _download(uri: str, storage_options: dict, marker: str = "model_index.json") -> Path:
     import fsspec
 
     target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if (target / "model_index.json").exists():
+    if (target / marker).exists():
         return target
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     try:

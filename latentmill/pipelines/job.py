@@ -35,6 +35,8 @@ class RunSummary:
     rows_failed: int = 0
     prompts_encoded: int = 0  # text encoder runs: samples of one prompt, and equal prompts in a batch, share one
     failed_by_stage: dict[str, int] = field(default_factory=dict)
+    failed_by_gate: dict[str, int] = field(default_factory=dict)  # failures a quality gate check made, by check
+    attempts: dict[int, int] = field(default_factory=dict)  # this run's outputs by the attempt kept (0 = first)
     bytes_written: int = 0  # media bytes of this run's outputs
     seconds_by_stage: dict[str, float] = field(default_factory=dict)  # sum of the outputs' per-row stage seconds
     resumed: bool = False
@@ -94,8 +96,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
         del decisive["input"]["keep_columns"]
     if config.output.layout != "files":
         decisive["layout"] = config.output.layout
-    if config.quality.enabled:
-        decisive["quality"] = config.quality.model_dump(mode="json")
+    if config.quality.decisive() is not None:
+        decisive["quality"] = config.quality.decisive()
     if config.stages.conditioning_dtype != "encoder":
         decisive["conditioning_dtype"] = config.stages.conditioning_dtype
     if config.output.save_latents:
@@ -109,7 +111,8 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
 
 # What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
 REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
-              "reject_blank": (schema.STAGE_DECODE, "BlankImage")}
+              "reject_blank": (schema.STAGE_DECODE, "BlankImage"),
+              "clip_score": (schema.STAGE_DECODE, "LowClipScore")}
 
 
 class ResultWriter:
@@ -125,16 +128,18 @@ class ResultWriter:
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.static = run_id, static
-        quality = quality or QualitySettings()
-        self.rejected = {rejection for check, rejection in REJECTIONS.items() if getattr(quality, check)}
+        quality = quality or QualitySettings(reject_nonfinite=False)  # None: no gate (decode, interpolate jobs)
+        self.rejected = {REJECTIONS[check]: check for check in quality.checks()}
         self.max_attempts = quality.max_attempts
         self.retries: list[dict[str, Any]] = []
         self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
                                 schema.ATTEMPT, *more_columns)
         columns = (*schema.manifest_columns(extra_names, latents, audio), *more_columns,
-                   *((schema.ATTEMPT,) if quality.enabled else ()))
+                   *((schema.ATTEMPT,) if quality.enabled else ()),
+                   *((schema.CLIP_SCORE,) if quality.clip_score is not None else ()))
         self.store = open_store(layout, self.fs, self.root, output_uri, run_id, columns, shard_size=shard_size,
-                                rows_per_part=rows_per_part, flush_seconds=flush_seconds)
+                                rows_per_part=rows_per_part, flush_seconds=flush_seconds,
+                                near_duplicate_distance=quality.near_duplicate_distance)
         self.errors = ParquetParts(self.fs, storage.join(self.root, "errors"), run_id, schema.ERROR_COLUMNS,
                                    rows_per_part, flush_seconds)
 
@@ -159,6 +164,9 @@ class ResultWriter:
                 errors.append(row)
                 summary.rows_failed += 1
                 summary.failed_by_stage[stage] = summary.failed_by_stage.get(stage, 0) + 1
+                check = self.rejected.get((stage, row.get(schema.ERROR_TYPE)))
+                if check:
+                    summary.failed_by_gate[check] = summary.failed_by_gate.get(check, 0) + 1
             else:
                 # (a column no stage of this job fills, e.g. embeddings_cached in a decode job, stays null)
                 row = {name: _plain(batch[name][index]) if name in batch else None for name in self.store.columns}
@@ -168,6 +176,8 @@ class ResultWriter:
                 row.update(self.static)
                 outputs.append(row)
                 summary.outputs_written += 1
+                attempt = int(batch[schema.ATTEMPT][index]) if schema.ATTEMPT in batch else 0
+                summary.attempts[attempt] = summary.attempts.get(attempt, 0) + 1
                 summary.bytes_written += int(row.get(schema.BYTES) or 0)
                 for stage in schema.STAGES:
                     seconds = float(row.get(schema.seconds_column(stage)) or 0.0)
@@ -322,6 +332,10 @@ def prepare(config: JobConfig):
         check_writable(config.output.uri, options)
         model = resolve_model(config.model.path, options, config.model.allow_pickle)
         family = model.family()
+        if config.quality.clip_score is not None and config.decode is None:
+            from latentmill.models.clip_score import resolve_clip
+
+            resolve_clip(config.quality.clip_score.model, options)
         defaults = resolve_defaults(config.defaults, family.generation_defaults(), family.extra_parameters)
         if config.decode is None and family.extra_parameters:
             table = inspect_table(config.input.uri, options, config.input.prompt_column, config.input.id_column,
@@ -355,7 +369,7 @@ def check_kept_columns(config: JobConfig, table_columns: tuple[str, ...], extra_
     from latentmill.pipelines.inputs import InputError
 
     own = {*schema.manifest_columns(extra_names, latents=True, audio=True), *schema.ERROR_COLUMNS, schema.SAMPLES,
-           schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
+           schema.ATTEMPT, schema.CLIP_SCORE, schema.ENCODED, schema.SHARD_KEY, *schema.SHARD_MEDIA.values()}
     for name in config.input.keep_columns:
         if name in own:
             raise InputError(f"input.keep_columns names {name!r}, which is also a manifest column of latentmill's "
@@ -464,16 +478,33 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     summary.budget_exceeded = config.budget_exceeded(summary.rows_failed, summary.rows_read)
     payload = asdict(summary)
     try:
+        near_duplicates = _near_duplicate_pairs(config, options, writer, summary.outputs_written + summary.already_done)
         writer.write_json(f"runs/{run_id}.json", payload)
         writer.write_json("summary.json", payload)
-        writer.write_json("stats.json", dataset_stats(summary, config))
+        writer.write_json("stats.json", dataset_stats(summary, config, near_duplicates))
     except StorageError as exc:
         raise JobError(f"storage failed, job stopped: {exc}") from None
     job_metrics.finish(summary, config.metrics.pushgateway)  # final gauges; push to the Pushgateway
     return summary
 
 
-def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
+def _near_duplicate_pairs(config: JobConfig, options: dict[str, Any], writer: ResultWriter,
+                          samples: int) -> int | None:
+    """Near-duplicate pairs among every committed sample of the output (pipelines.duplicates); None when
+    they cannot be counted, which does not fail a run whose samples are all committed."""
+    from latentmill.pipelines.duplicates import DRIVER_HASHES, count_dataset_pairs
+
+    try:
+        if samples > DRIVER_HASHES:
+            init_ray(config)  # (a run whose rows were all done already did not start it)
+        return count_dataset_pairs(config.output.uri, options, writer.store.manifest_files(), samples,
+                                   config.quality.near_duplicate_distance)
+    except Exception as exc:  # noqa: BLE001 - a statistic: report why it is missing, keep the run's result
+        log.warning("near-duplicate pairs not counted (stats.json has null): %s: %s", type(exc).__name__, exc)
+        return None
+
+
+def dataset_stats(summary: RunSummary, config: JobConfig, near_duplicate_pairs: int | None) -> dict[str, Any]:
     """DEST/stats.json: what the output holds after this run and what this run cost, for whoever reads the
     dataset (summary.json has the run's full accounting and config)."""
     import shlex
@@ -484,10 +515,14 @@ def dataset_stats(summary: RunSummary, config: JobConfig) -> dict[str, Any]:
         "samples_written": summary.outputs_written,
         "failed": summary.rows_failed,
         "failed_by_stage": summary.failed_by_stage,
+        "failed_by_gate": summary.failed_by_gate,
+        "attempts": summary.attempts,
         "bytes_written": summary.bytes_written,
         "seconds_by_stage": {stage: round(seconds, 3) for stage, seconds in summary.seconds_by_stage.items()},
         "wall_seconds": round(summary.wall_seconds, 3),
         "prompts_encoded": summary.prompts_encoded,
+        "near_duplicate_pairs": near_duplicate_pairs,
+        "near_duplicate_distance": config.quality.near_duplicate_distance,
         "layout": config.output.layout,
         "run_id": summary.run_id,
         "command": shlex.join(sys.argv),

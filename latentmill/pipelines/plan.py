@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from latentmill import schema
-from latentmill.actors.stages import EmbeddingCacheSettings, default_threads, stage_workers
+from latentmill.actors.stages import ClipGateSettings, EmbeddingCacheSettings, default_threads, stage_workers
 from latentmill.config import JobConfig, PoolSettings
 from latentmill.io.hidden import HiddenOptions
 from latentmill.faults import forwarded_env
@@ -99,7 +99,10 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
     from latentmill import __version__
     from latentmill.io.outputs import media_folder
 
-    metadata = None
+    metadata = clip_score = None
+    if config.quality.clip_score is not None and config.decode is None:
+        clip_score = ClipGateSettings(config.quality.clip_score.model, HiddenOptions(storage_options),
+                                      config.quality.clip_score.min)
     if config.output.save_latents:
         metadata = {"model": model.path, "model_hash": model.content_hash, "model_family": rules.family.name,
                     "pipeline_class": model.pipeline_class, "latentmill_version": __version__}
@@ -114,6 +117,7 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
         "reject_blank": config.quality.reject_blank,
         "memory_budget_gb": config.stages.decode.memory_budget_gb,
         "peak_memory": config.stages.decode.peak_memory,
+        "clip_score": clip_score,
     }
 
 

@@ -55,6 +55,17 @@ def test_put_and_read_round_trip(s3):
     assert not fs.exists(path + ".missing")
 
 
+def test_put_file_uploads_a_large_file_in_parts_as_one_object(s3, tmp_path):
+    source = tmp_path / "00000.tar"
+    source.write_bytes(bytes(range(256)) * (11 * 2**20 // 256))  # 11 MiB: three parts of 5 MiB
+    uri = storage.join(_prefix(), "shards", "00000.tar")
+    fs, path = storage.resolve(uri, s3.storage_options())
+    storage.put_file(fs, str(source), path, part_size=5 * 2**20)
+    assert storage.read_bytes(fs, path) == source.read_bytes()
+    assert fs.info(path)["ContentType"] == "application/x-tar"
+    assert "-" in fs.info(path)["ETag"]  # a multipart upload's ETag ends in -<parts>
+
+
 def test_check_writable_with_right_credentials(s3):
     out = _prefix()
     storage.check_writable(out, s3.storage_options())

@@ -50,6 +50,11 @@ def config(section: str, values: dict):
         ("input", {"id_column": ""}, "input.id_column", "a column name must not be empty"),
         ("storage", {"endpoint_url": "127.0.0.1:9000"}, "storage.endpoint_url",
          "must be a URL starting with http:// or https://"),
+        ("quality", {"clip_score": {"model": "clip", "min": NAN}}, "quality.clip_score.min",
+         "must be a finite number"),
+        ("quality", {"clip_score": {"model": " "}}, "quality.clip_score.model", "a folder or URI of a CLIP model"),
+        ("quality", {"clip_score": {"min": 20}}, "quality.clip_score.model", "Field required"),
+        ("quality", {"near_duplicate_distance": 13}, "quality.near_duplicate_distance", "less than or equal to 12"),
     ],
 )
 def test_invalid_values_name_their_field(section, values, field, message):
@@ -78,3 +83,16 @@ def test_error_budget_must_be_a_count_or_a_fraction(budget):
 )
 def test_valid_values_still_load(section, values):
     config(section, values)
+
+
+def test_only_quality_settings_that_change_the_kept_samples_enter_the_job_fingerprint():
+    """reject_nonfinite (on by default) and the near-duplicate distance keep no other sample than a run
+    without them would: outputs made before they existed still resume."""
+    from latentmill.pipelines.job import job_fingerprint
+
+    base = job_fingerprint(config("quality", {"reject_nonfinite": False}), "hash")
+    assert job_fingerprint(config("quality", {}), "hash") == base
+    assert job_fingerprint(config("quality", {"near_duplicate_distance": 8}), "hash") == base
+    assert job_fingerprint(config("quality", {"reject_blank": True}), "hash") != base
+    clip = job_fingerprint(config("quality", {"clip_score": {"model": "clip", "min": 20}}), "hash")
+    assert clip not in (base, job_fingerprint(config("quality", {"clip_score": {"model": "clip", "min": 25}}), "hash"))

@@ -188,7 +188,8 @@ def decode_worker(monkeypatch, tmp_path, fault_text=""):
     fs, root = storage.resolve(str(tmp_path / "out"))
     return make_worker(DecodeWorker, monkeypatch, fault_text, fs=fs, root=root, output_uri=str(tmp_path / "out"),
                        image_format="png", video_format="mp4", low_memory=False,
-                       latents_metadata=None, media_folder="media", reject_blank=False, memory_plan=None)
+                       latents_metadata=None, media_folder="media", reject_blank=False, memory_plan=None, clip=None,
+                       clip_settings=None)
 
 
 def denoised(ids, monkeypatch, fault_text="", failed=None):

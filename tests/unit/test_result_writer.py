@@ -27,3 +27,24 @@ def test_an_image_row_has_a_null_frame_rate_and_a_video_row_its_own(tmp_path):
     rows = {row[schema.ID]: row for row in pq.read_table(tmp_path / "manifest").to_pylist()}
     assert rows["image"][schema.FPS] is None and rows["video"][schema.FPS] == 8.0
     assert request_from(rows["image"]).fps == 0.0  # read back as a request, as resume and decode jobs do
+
+
+def test_the_summary_counts_failures_by_gate_check_and_outputs_by_attempt(tmp_path):
+    """Two outputs (first and second attempt), a blank sample out of attempts (a gate failure), NaN latents
+    with attempts left (generated again: not counted yet) and a row that failed in encode (no gate's)."""
+    from latentmill.config import QualitySettings
+
+    outcomes = [("a", 0, "", ""), ("b", 1, "", ""), ("c", 1, "decode", "BlankImage"),
+                ("d", 0, "denoise", "FloatingPointError"), ("e", 0, "encode", "RuntimeError")]
+    batch = empty_request_columns(len(outcomes))
+    for index, (row_id, attempt, stage, error) in enumerate(outcomes):
+        batch[schema.ID][index], batch[schema.ATTEMPT][index] = row_id, attempt
+        batch[schema.ERROR_STAGE][index], batch[schema.ERROR_TYPE][index] = stage, error
+    batch[schema.BYTES] = np.zeros(len(outcomes), dtype=np.int64)
+    writer = ResultWriter(str(tmp_path), {}, "run", 100, 30.0, {}, quality=QualitySettings(reject_blank=True,
+                                                                                          max_attempts=2))
+    summary = RunSummary(run_id="run", output_uri=str(tmp_path))
+    writer.add(batch, summary)
+    assert [row[schema.ID] for row in writer.retries] == ["d"]
+    assert summary.attempts == {0: 1, 1: 1}
+    assert summary.failed_by_gate == {"reject_blank": 1} and summary.failed_by_stage == {"decode": 1, "encode": 1}

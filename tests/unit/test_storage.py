@@ -195,6 +195,17 @@ def test_put_bytes_local_creates_parents_and_leaves_no_temp_files(tmp_path):
     assert mode & 0o044, oct(mode)  # not the 0600 of mkstemp
 
 
+def test_put_file_local_copies_through_a_temporary_sibling(tmp_path):
+    source = tmp_path / "source.tar"
+    source.write_bytes(os.urandom(3 * 2**20))
+    fs, base = storage.resolve(str(tmp_path / "out"))
+    target = storage.join(base, "shards", "00000.tar")
+    storage.put_file(fs, str(source), target)
+    assert storage.read_bytes(fs, target) == source.read_bytes()
+    assert _leftovers(tmp_path / "out" / "shards") == []
+    assert os.stat(target).st_mode & 0o044
+
+
 def test_put_bytes_local_file_uri(tmp_path):
     fs, path = storage.resolve(f"file://{tmp_path}/a/b.txt")
     storage.put_bytes(fs, path, b"x")

@@ -1,0 +1,100 @@
+"""The CLIP-score gate with a tiny random CLIP model, and the near-duplicate counts of stats.json, on local
+Ray: scores are recorded, a threshold every sample fails ends in error rows after max_attempts, and the
+near-duplicate pairs (identical rows made on purpose) add up on the driver, per shard and on Ray Data; a
+CLIP model on the S3 test server is copied once and loads.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from latentmill import schema
+from latentmill.io import storage
+from latentmill.io.perceptual import hamming_distance, parse_hashes
+from latentmill.models import ModelError
+from tests.helpers import tiny_clip, write_table
+from tests.integration.exactly_once import run
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def clip_model(tmp_path_factory):
+    return str(tiny_clip(tmp_path_factory.mktemp("clip")))
+
+
+def near_duplicates(hashes: list[str], distance: int) -> int:
+    return sum(all(hamming_distance(a, b) <= distance for a, b in zip(parse_hashes(x), parse_hashes(y)))
+               for x, y in itertools.combinations(hashes, 2))
+
+
+def test_clip_scores_are_recorded_and_near_duplicates_counted(ray_local, tmp_path, clip_model, monkeypatch):
+    """Eight rows, two pairs of them with the same prompt and seed (identical images), in shards of four,
+    with a CLIP threshold every sample passes."""
+    from latentmill.pipelines import duplicates
+
+    rows = [{"id": f"c{i}", "prompt": f"a photo of a cat {i}", "seed": 100 + i} for i in range(8)]
+    rows[1].update(prompt=rows[0]["prompt"], seed=rows[0]["seed"])
+    rows[7].update(prompt=rows[6]["prompt"], seed=rows[6]["seed"])
+    table = write_table(tmp_path / "prompts.parquet", rows)
+    out = tmp_path / "out"
+    summary = run(str(table), str(out), output={"layout": "webdataset", "shard_size": 4},
+                  quality={"clip_score": {"model": clip_model, "min": -1000}})
+    assert (summary.outputs_written, summary.rows_failed) == (8, 0)
+    shards = sorted((out / "shards").glob("*.parquet"))
+    manifest = [row for shard in shards for row in pq.read_table(shard).to_pylist()]
+    assert all(math.isfinite(row[schema.CLIP_SCORE]) and row[schema.ATTEMPT] == 0 for row in manifest)
+    hashes = {row[schema.ID]: row[schema.PHASH] for row in manifest}
+    assert all(len(value) == 16 and int(value, 16) >= 0 for value in hashes.values())
+    assert hashes["c0"] == hashes["c1"] and hashes["c6"] == hashes["c7"]
+
+    stats = json.loads((out / "stats.json").read_text())
+    expected = near_duplicates(list(hashes.values()), 4)
+    assert stats["near_duplicate_distance"] == 4 and stats["near_duplicate_pairs"] == expected >= 2
+    assert stats["attempts"] == {"0": 8} and stats["failed_by_gate"] == {}
+    for shard in shards:  # each shard counts the pairs among its own samples
+        shard_stats = json.loads(shard.with_name(shard.stem + "_stats.json").read_text())
+        assert shard_stats["near_duplicate_pairs"] == near_duplicates(pq.read_table(shard)[schema.PHASH].to_pylist(), 4)
+    # The Ray Data path (large outputs) counts the same pairs.
+    monkeypatch.setattr(duplicates, "DRIVER_HASHES", 0)
+    files = [storage.join(str(out), "shards", shard.name) for shard in shards]
+    assert duplicates.count_dataset_pairs(str(out), {}, files, 8, 4) == expected
+
+
+def test_a_clip_threshold_no_sample_reaches_ends_in_error_rows_naming_the_gate(ray_local, tmp_path, clip_model):
+    table = write_table(tmp_path / "prompts.parquet", [{"id": f"x{i}", "prompt": f"a dog {i}"} for i in range(3)])
+    out = tmp_path / "out"
+    summary = run(str(table), str(out), quality={"clip_score": {"model": clip_model, "min": 1000}, "max_attempts": 2})
+    assert (summary.rows_read, summary.outputs_written, summary.rows_failed) == (3, 0, 3)
+    errors = pq.read_table(out / "errors").to_pylist()
+    assert {row[schema.ID] for row in errors} == {"x0", "x1", "x2"}
+    for row in errors:
+        assert (row[schema.ERROR_STAGE], row[schema.ERROR_TYPE]) == ("decode", "LowClipScore")
+        assert "quality gate clip_score on attempt 2" in row[schema.ERROR_MESSAGE]
+        assert "below quality.clip_score.min 1000" in row[schema.ERROR_MESSAGE]
+    stats = json.loads((out / "stats.json").read_text())
+    assert stats["failed_by_gate"] == {"clip_score": 3} and stats["failed_by_stage"] == {"decode": 3}
+
+
+def test_a_clip_model_on_s3_is_copied_once_and_loads(s3, clip_model, tmp_path, monkeypatch):
+    import torch
+
+    from latentmill.models.clip_score import ClipScorer, resolve_clip
+
+    monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path / "cache"))
+    uri = "s3://latentmill/models/tiny-clip"
+    fs, path = storage.resolve(uri, s3.storage_options())
+    fs.put(clip_model + "/", path, recursive=True)
+    local = resolve_clip(uri, s3.storage_options())
+    assert local.is_relative_to(tmp_path / "cache") and (local / "model.safetensors").is_file()
+    assert resolve_clip(uri, s3.storage_options()) == local  # the copy is reused
+    scores = ClipScorer(local, torch.device("cpu"), torch.float32).scores([np.zeros((1, 32, 32, 3), np.uint8)], ["a"])
+    assert math.isfinite(scores[0])
+    with pytest.raises(ModelError, match="cannot download the model 's3://latentmill/models/missing'"):
+        resolve_clip("s3://latentmill/models/missing", s3.storage_options())
