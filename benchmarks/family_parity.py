@@ -1,0 +1,55 @@
+"""The largest pixel difference between latentmill's stages and the plain diffusers pipeline, per family.
+
+    python benchmarks/family_parity.py [--families tiny-ltx2,tiny-wan22]
+
+Each built-in tiny family runs the stage contract of `tests/models/test_stage_contract.py`: encode, denoise
+and decode in separate family objects holding only their stage's weights, tensors packed between stages as
+the object store carries them, four mixed rows in one batch. Printed per family: the largest difference from
+the plain pipeline (in 1/255 of full scale, before 8-bit rounding) for the batch and for one row alone.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    sys.path.insert(0, str(ROOT))
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    import torch
+
+    from latentmill.models import resolve_model, tiny
+    from tests.models.test_stage_contract import FAMILY_EXTRAS, requests_for, run_stages
+
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--families", default=",".join(sorted(FAMILY_EXTRAS)))
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    print("| family | rows | largest difference, batch of 4 (/255) | one row alone vs in the batch (/255) |")
+    print("|---|---|---|---|")
+    for name in args.families.split(","):
+        if name not in tiny.TINY_MODELS:
+            continue
+        ref = resolve_model(f"builtin:{name}")
+        family = ref.family()
+        requests = requests_for(family, name)
+        frames, _, _ = run_stages(ref, requests)
+        pipe = family.reference_pipeline()
+        pipe.set_progress_bar_config(disable=True)
+        batch = max(float(np.abs(got - family.reference_generate(pipe, request)).max())
+                    for request, got in zip(requests, frames))
+        alone, _, _ = run_stages(ref, [requests[1]])
+        print(f"| {name} | {len(requests)} | {batch * 255:.2g} | {float(np.abs(alone[0] - frames[1]).max()) * 255:.2g} |",
+              flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
