@@ -177,13 +177,14 @@ def test_a_driver_killed_mid_run_leaves_no_duplicate_and_the_rerun_completes(ray
 @pytest.mark.parametrize("max_attempts", [1, 3])
 def test_the_quality_gate_generates_a_rejected_sample_again_with_the_next_seed(ray_local, tmp_path, max_attempts):
     """NaN latents for one row and a blank image for another, on their first attempt: with attempts left
-    each is generated again with a new seed (`attempt` 1), else it is an error row as without the gate."""
+    each is generated again with a new seed (`attempt` 1), else it is an error row as without the gate.
+    With an embedding cache, the new attempt takes its prompt's embeddings from it: no text encoding."""
     from latentmill.pipelines.validate import derived_seed
 
     ids = [f"q-{i:02d}" for i in range(8)]
     table = write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids])
     with faults("denoise:nan:q-03;decode:blank:q-05"):
-        summary = run(str(table), str(tmp_path / "out"),
+        summary = run(str(table), str(tmp_path / "out"), cache={"embeddings": str(tmp_path / "embeddings")},
                       quality={"reject_nonfinite": True, "reject_blank": True, "max_attempts": max_attempts})
     manifest = {row[schema.ID]: row for row in pq.read_table(tmp_path / "out" / "manifest").to_pylist()}
     rejected = {"q-03", "q-05"}
@@ -196,3 +197,4 @@ def test_the_quality_gate_generates_a_rejected_sample_again_with_the_next_seed(r
         first_seed = derived_seed(0, row_id)
         expected = (1, derived_seed(first_seed, row_id)) if row_id in rejected else (0, first_seed)
         assert (row[schema.ATTEMPT], row[schema.SEED]) == expected, row_id
+        assert row[schema.EMBEDDINGS_CACHED] == (row_id in rejected), row_id
