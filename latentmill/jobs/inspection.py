@@ -38,7 +38,7 @@ FRAME_COLUMN = "transition_id"  # a manifest column of interpolation jobs only (
 OBJECT_FOLDERS = ("media", "latents", VIDEOS)  # where latentmill writes the objects rows name
 # ResultWriter's parts: part-<run_id>-<n>.parquet; an interpolation job's transitions: part-<run_id>.parquet.
 _PART_RE = re.compile(r"^part-(?P<run>\d{8}T\d{6}-[0-9a-f]+?)(?:-\d+)?\.parquet$")
-# storage._write_local_atomic's temporary files: .<name>.<random>.tmp
+# io.storage's atomic local writes leave temporary files: .<name>.<random>.tmp
 _TEMP_RE = re.compile(r"^\..+\.tmp$")
 RATE_INTERVALS = 10  # the rate is measured over the last this many intervals between part writes
 THREADS = 16
@@ -109,7 +109,7 @@ def _destination(args: argparse.Namespace) -> tuple[str, dict[str, Any], dict[st
 def _retry(fn, fs, path: str, action: str = "reading"):
     """`fn()` with latentmill's storage retries; failures become StorageError (a missing object:
     StorageNotFoundError, also a FileNotFoundError)."""
-    from latentmill.io.storage import _retry as storage_retry
+    from latentmill.io.storage_errors import retry as storage_retry
 
     return storage_retry(fn, action=action, fs=fs, path=path, retries=3, base_delay=0.2, max_delay=5.0)
 
@@ -192,7 +192,7 @@ def _footer_rows(fs, path: str, advice: str = "", vanished: int | None = None) -
     """Rows of a Parquet file from its footer; `vanished` (when not None) for a file that is gone."""
     import pyarrow.parquet as pq
 
-    from latentmill.io.storage import StorageError, display_uri
+    from latentmill.io.storage_errors import StorageError, display_uri
 
     def read() -> int:
         with fs.open(path, "rb") as handle:
@@ -215,7 +215,7 @@ def _read_columns(fs, path: str, wanted: tuple[str, ...]) -> list[dict[str, Any]
     """The rows of a part, with those of `wanted` columns it has."""
     import pyarrow.parquet as pq
 
-    from latentmill.io.storage import StorageError, display_uri
+    from latentmill.io.storage_errors import StorageError, display_uri
 
     def read():
         with fs.open(path, "rb") as handle:
@@ -235,7 +235,8 @@ def _read_columns(fs, path: str, wanted: tuple[str, ...]) -> list[dict[str, Any]
 
 
 def _read_json(fs, path: str) -> dict[str, Any] | None:
-    from latentmill.io.storage import display_uri, read_bytes
+    from latentmill.io.storage import read_bytes
+    from latentmill.io.storage_errors import display_uri
 
     try:
         data = read_bytes(fs, path, retries=3)
@@ -475,7 +476,8 @@ def _expectation(report: Status, options: dict[str, Any], config: dict[str, Any]
 
 def input_rows(uri: str, options: dict[str, Any], threads: int = THREADS) -> tuple[int | None, str | None]:
     """(rows of the Parquet table at `uri` from its footers, None) or (None, why they are unknown)."""
-    from latentmill.io.storage import StorageError, display_uri, resolve
+    from latentmill.io.storage import resolve
+    from latentmill.io.storage_errors import StorageError, display_uri
     from latentmill.pipelines.inputs import _list_files
 
     try:
@@ -823,7 +825,7 @@ def _sha256(fs, path: str, size: int | None) -> str:
 
 def _notes(report: VerifyReport, fs, root: str, named: list[Named], keys: list[str], parts: list[Part],
            summary: dict[str, Any] | None) -> None:
-    from latentmill.io.storage import display_uri
+    from latentmill.io.storage_errors import display_uri
 
     latest = _latest_run(parts, summary)
     if latest and (summary or {}).get("run_id") != latest and report.extra:

@@ -98,10 +98,10 @@ def _download(uri: str, storage_options: dict, marker: str = "model_index.json")
     except Exception as exc:  # noqa: BLE001 - fsspec/s3fs/botocore raise many types; name the model
         import shutil
 
-        from latentmill.io.storage import _redact
+        from latentmill.io.storage_errors import redact
 
         shutil.rmtree(partial, ignore_errors=True)
-        raise ModelError(_redact(
+        raise ModelError(redact(
             f"cannot download the model {uri!r} ({_one_line(exc)}); check the URI, the storage credentials "
             "and endpoint (storage section of the job file), or copy the checkpoint to a local folder",
             storage_options=storage_options)) from None

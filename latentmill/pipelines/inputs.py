@@ -58,7 +58,8 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
                   extra_columns: tuple[str, ...] = ()) -> PromptTable:
     """The table's files and the columns to read: prompt, id, the override columns present in ANY file
     (the request's and `extra_columns`, the model's extra per-row parameters), with one type each."""
-    from latentmill.io.storage import StorageError, display_uri, resolve
+    from latentmill.io.storage import resolve
+    from latentmill.io.storage_errors import StorageError, display_uri
 
     try:
         fs, path = resolve(uri, storage_options)
@@ -140,7 +141,7 @@ def _read_footers(fs, files: list[str]) -> list[tuple[Any, int, int]]:
 def _read_footer(fs, file: str) -> tuple[Any, int, int]:
     import pyarrow.parquet as pq
 
-    from latentmill.io.storage import display_uri
+    from latentmill.io.storage_errors import display_uri
 
     try:
         with fs.open(file, "rb") as handle:
@@ -226,7 +227,7 @@ def read_file(fs, file: str, arrow_schema, rows: int = 0) -> Iterator[Any]:
     """
     import pyarrow.parquet as pq
 
-    from latentmill.io.storage import display_uri
+    from latentmill.io.storage_errors import display_uri
 
     shown = display_uri(fs, file)
     try:

@@ -207,7 +207,8 @@ def _walks(rows: list[dict[str, Any]], settings, job_seed: int) -> list[Transiti
 def run_interpolation(config: JobConfig) -> InterpolationSummary:
     """Run an interpolation job to the end; raises JobError when it cannot start or must stop."""
     from latentmill.actors import blend
-    from latentmill.io.storage import StorageError, check_writable, resolve
+    from latentmill.io.probes import check_writable
+    from latentmill.io.storage import StorageError, resolve
     from latentmill.models import ModelError, resolve_model
     from latentmill.pipelines.job import JobError, ResultWriter, RunSummary, job_fingerprint
     from latentmill.io.outputs import load_output_state

@@ -315,7 +315,8 @@ def _connection_message(address: str, exc: BaseException) -> str:
 
 def prepare(config: JobConfig):
     """Every check that needs no Ray: input table, output access, model. Raises JobError."""
-    from latentmill.io.storage import StorageError, check_writable
+    from latentmill.io.probes import check_writable
+    from latentmill.io.storage_errors import StorageError
     from latentmill.models import ModelError, resolve_model
     from latentmill.pipelines.inputs import InputError, inspect_table
     from latentmill.pipelines.redecode import LatentsMismatch, check_source, source_columns

@@ -58,6 +58,7 @@ def build_report(outputs: list[str] | str, report_uri: str | None = None, max_it
     Raises ReportError when an output cannot be read or the report cannot be written.
     """
     from latentmill.io import storage
+    from latentmill.io.storage_errors import display_uri
 
     if isinstance(outputs, str):
         outputs = [outputs]
@@ -96,7 +97,7 @@ def build_report(outputs: list[str] | str, report_uri: str | None = None, max_it
         storage.put_bytes(report_fs, index, html.encode("utf-8"), content_type="text/html; charset=utf-8")
     except storage.StorageError as exc:
         raise ReportError(str(exc)) from None
-    return ReportResult(index_uri=storage.display_uri(report_fs, index), outputs=len(read),
+    return ReportResult(index_uri=display_uri(report_fs, index), outputs=len(read),
                         items=sum(len(view.items) for view in views),
                         sampled=any(view.sampled for view in views) or bool(compare and compare.sampled),
                         thumbnails_made=made, thumbnails_reused=reused, thumbnail_failures=failures)

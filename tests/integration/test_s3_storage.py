@@ -9,7 +9,8 @@ import uuid
 import pytest
 
 from latentmill.io import storage
-from latentmill.io.storage import StorageError, StorageNotFoundError
+from latentmill.io.probes import check_writable
+from latentmill.io.storage_errors import StorageError, StorageNotFoundError
 
 try:
     from tests.s3server import free_port
@@ -68,7 +69,7 @@ def test_put_file_uploads_a_large_file_in_parts_as_one_object(s3, tmp_path):
 
 def test_check_writable_with_right_credentials(s3):
     out = _prefix()
-    storage.check_writable(out, s3.storage_options())
+    check_writable(out, s3.storage_options())
     fs, path = storage.resolve(out, s3.storage_options())
     assert not [p for p in fs.find(path) if "_latentmill_probe" in p]  # the probe was deleted
 
@@ -78,7 +79,7 @@ def test_check_writable_wrong_secret(s3):
     opts = s3.storage_options() | {"secret": wrong}
     uri = _prefix()
     with pytest.raises(StorageError) as info:
-        storage.check_writable(uri, opts)
+        check_writable(uri, opts)
     msg = str(info.value)
     assert uri in msg
     assert "Access denied" in msg
@@ -90,14 +91,14 @@ def test_check_writable_wrong_secret(s3):
 def test_check_writable_unknown_access_key(s3):
     opts = s3.storage_options() | {"key": "nobody", "secret": "x" * 20}
     with pytest.raises(StorageError, match="Access denied") as info:
-        storage.check_writable(_prefix(), opts)
+        check_writable(_prefix(), opts)
     assert "x" * 20 not in str(info.value)
 
 
 def test_check_writable_missing_bucket(s3):
     uri = "s3://no-such-bucket-" + uuid.uuid4().hex[:8] + "/out"
     with pytest.raises(StorageNotFoundError) as info:
-        storage.check_writable(uri, s3.storage_options())
+        check_writable(uri, s3.storage_options())
     msg = str(info.value)
     assert uri in msg
     assert "does not exist" in msg and "Create the bucket" in msg
@@ -109,7 +110,7 @@ def test_check_writable_unreachable_endpoint_fails_fast():
     opts = {"key": "k", "secret": "secret-value-xyz", "client_kwargs": {"endpoint_url": endpoint}}
     t0 = time.monotonic()
     with pytest.raises(StorageError) as info:
-        storage.check_writable("s3://latentmill/out", opts)
+        check_writable("s3://latentmill/out", opts)
     elapsed = time.monotonic() - t0
     assert elapsed < 15, elapsed
     msg = str(info.value)
@@ -127,7 +128,7 @@ def test_aws_environment_variables_route(s3, monkeypatch, no_aws_env):
     s3fs.S3FileSystem.clear_instance_cache()
     try:
         uri = storage.join(_prefix(), "env.txt")
-        storage.check_writable(uri.rsplit("/", 1)[0], None)
+        check_writable(uri.rsplit("/", 1)[0], None)
         fs, path = storage.resolve(uri, None)
         storage.put_bytes(fs, path, b"via env")
         assert storage.read_bytes(fs, path) == b"via env"
@@ -144,7 +145,7 @@ def test_no_credentials_anywhere(s3, monkeypatch, no_aws_env):
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3.endpoint_url)
     s3fs.S3FileSystem.clear_instance_cache()
     with pytest.raises(StorageError, match="credentials") as info:
-        storage.check_writable(_prefix(), None)
+        check_writable(_prefix(), None)
     assert "AWS_ACCESS_KEY_ID" in str(info.value)
     s3fs.S3FileSystem.clear_instance_cache()
 

@@ -10,8 +10,9 @@ import string
 
 import pytest
 
-from latentmill.io import storage
-from latentmill.io.storage import StorageError, StorageNotFoundError
+from latentmill.io import storage, storage_errors
+from latentmill.io.probes import check_writable
+from latentmill.io.storage_errors import StorageError, StorageNotFoundError, display_uri
 
 SAFE_RE = re.compile(r"[A-Za-z0-9._-]+")
 SECRET = "sUp3r-s3cret-v4lue-do-not-print"
@@ -169,7 +170,7 @@ def test_resolve_local_and_file_uri(tmp_path):
 def test_resolve_s3_without_network():
     fs, path = storage.resolve("s3://bucket/prefix/key", {"key": "k", "secret": "s"})
     assert path == "bucket/prefix/key"
-    assert storage.display_uri(fs, path) == "s3://bucket/prefix/key"
+    assert display_uri(fs, path) == "s3://bucket/prefix/key"
 
 
 def test_resolve_unknown_protocol():
@@ -260,17 +261,17 @@ def test_read_bytes_missing_local(tmp_path):
 
 
 def test_check_writable_local(tmp_path):
-    storage.check_writable(str(tmp_path / "new" / "out"))
+    check_writable(str(tmp_path / "new" / "out"))
     assert os.listdir(tmp_path) == []  # probe removed, and the folders it needed too
     (tmp_path / "kept").mkdir()
-    storage.check_writable(str(tmp_path / "kept"))
+    check_writable(str(tmp_path / "kept"))
     assert os.listdir(tmp_path / "kept") == []  # a folder that was there stays
 
 
 def test_check_writable_local_under_a_file(tmp_path):
     (tmp_path / "file").write_bytes(b"x")
     with pytest.raises(StorageError) as info:
-        storage.check_writable(str(tmp_path / "file" / "out"))
+        check_writable(str(tmp_path / "file" / "out"))
     assert "not writable" in str(info.value)
     assert str(tmp_path / "file" / "out") in str(info.value)
 
@@ -375,8 +376,8 @@ def test_put_bytes_gives_up_after_retries():
 
 def test_backoff_is_exponential_with_full_jitter(monkeypatch):
     sleeps: list[float] = []
-    monkeypatch.setattr(storage.time, "sleep", sleeps.append)
-    monkeypatch.setattr(storage.random, "uniform", lambda lo, hi: hi)  # the cap of each draw
+    monkeypatch.setattr(storage_errors.time, "sleep", sleeps.append)
+    monkeypatch.setattr(storage_errors.random, "uniform", lambda lo, hi: hi)  # the cap of each draw
     fs = FakeObjectStore(TRANSIENT_ERRORS["503 SlowDown"], fail_times=100)
     with pytest.raises(StorageError):
         storage.put_bytes(fs, "b/k", b"d", retries=6, base_delay=0.5, max_delay=4.0)
