@@ -292,6 +292,26 @@ class Family:
         return np.asarray(frames, dtype=np.float32)
 
 
+class TemporalVAEFamily:
+    """Mixed into a video family whose VAE compresses time and space by `vae_factors()` (temporal, spatial):
+    frame counts of temporal x k + 1, sizes in multiples of the spatial factor times the transformer's patch."""
+
+    def vae_factors(self) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def vae_scale_factor(self) -> int:
+        return self.vae_factors()[1]
+
+    def size_multiple(self) -> int:
+        return self.vae_scale_factor() * self.component_config("transformer").get("patch_size", 1)
+
+    def check_request(self, request: Request) -> str | None:
+        return frame_count_problem(request.num_frames, self.vae_factors()[0]) or super().check_request(request)
+
+    def output_frames(self, request: Request) -> int:
+        return request.num_frames
+
+
 def frame_count_problem(num_frames: int, step: int) -> str | None:
     """Why a video model that makes step * k + 1 frames (a temporal VAE's compression, or a multiple
     of it) cannot make `num_frames`, naming the nearest valid counts; or None."""

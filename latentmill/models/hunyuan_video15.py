@@ -12,12 +12,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
-from latentmill.models.base import EncodedPrompts, frame_count_problem
+from latentmill.models.base import EncodedPrompts, TemporalVAEFamily
 from latentmill.models.modular import ModularFamily
 from latentmill.rows import Request
 
 
-class HunyuanVideo15(ModularFamily):
+class HunyuanVideo15(TemporalVAEFamily, ModularFamily):
     name = "hunyuan-video-1.5"
     pipeline_classes = ("HunyuanVideo15Pipeline",)
     blocks_class = "HunyuanVideo15AutoBlocks"  # without an image its denoise sub-block runs text-to-video
@@ -26,24 +26,12 @@ class HunyuanVideo15(ModularFamily):
     defaults = {"num_inference_steps": 50, "guidance_scale": 6.0, "height": 480, "width": 848, "num_frames": 121,
                 "fps": 24.0}
 
-    def _vae_factors(self) -> tuple[int, int]:
+    def vae_factors(self) -> tuple[int, int]:
         config = self.component_config("vae")
         return config.get("temporal_compression_ratio", 4), config.get("spatial_compression_ratio", 16)
 
-    def vae_scale_factor(self) -> int:
-        return self._vae_factors()[1]
-
-    def size_multiple(self) -> int:
-        return self.vae_scale_factor() * self.component_config("transformer").get("patch_size", 1)
-
-    def check_request(self, request: Request) -> str | None:
-        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
-
-    def output_frames(self, request: Request) -> int:
-        return request.num_frames
-
     def latent_shape(self, request: Request) -> tuple[int, ...]:
-        temporal, spatial = self._vae_factors()
+        temporal, spatial = self.vae_factors()
         latent_frames = (request.num_frames - 1) // temporal + 1
         return (self.latent_channels(), latent_frames, request.height // spatial, request.width // spatial)
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from latentmill.models.base import cpu_generator, frame_count_problem
+from latentmill.models.base import TemporalVAEFamily, cpu_generator
 from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily
 from latentmill.rows import Request
 
@@ -27,7 +27,15 @@ DECODE_TIMESTEP = "decode_timestep"
 DECODE_NOISE_SCALE = "decode_noise_scale"
 
 
-class LTXVideo(StandardFamily):
+def ltx_vae_factors(config: dict) -> tuple[int, int]:
+    """(temporal, spatial) compression of an LTX or LTX-2 video VAE, as diffusers derives it: the config's
+    ratios, else its patchify times 2 per space-time scaling level."""
+    scaled = 2 ** sum(np.atleast_1d(config["spatio_temporal_scaling"]))
+    return (config.get("temporal_compression_ratio") or config["patch_size_t"] * scaled,
+            config.get("spatial_compression_ratio") or config["patch_size"] * scaled)
+
+
+class LTXVideo(TemporalVAEFamily, StandardFamily):
     name = "ltx-video"
     pipeline_classes = ("LTXPipeline",)
     is_video = True
@@ -43,29 +51,12 @@ class LTXVideo(StandardFamily):
     def conditioning_columns(self) -> tuple[str, ...]:
         return (PROMPT_EMBEDS, PROMPT_ATTENTION_MASK, NEGATIVE_PROMPT_EMBEDS, NEGATIVE_PROMPT_ATTENTION_MASK)
 
-    def _vae_factors(self) -> tuple[int, int]:
-        """(temporal, spatial) compression of the VAE: its patchify times its 2x space-time downsamplings."""
-        config = self.component_config("vae")
-        scaled = 2 ** sum(config["spatio_temporal_scaling"])
-        temporal = config.get("temporal_compression_ratio") or config["patch_size_t"] * scaled
-        spatial = config.get("spatial_compression_ratio") or config["patch_size"] * scaled
-        return temporal, spatial
-
-    def vae_scale_factor(self) -> int:
-        return self._vae_factors()[1]
+    def vae_factors(self) -> tuple[int, int]:
+        return ltx_vae_factors(self.component_config("vae"))
 
     def _patch_sizes(self) -> tuple[int, int]:
         config = self.component_config("transformer")
         return config.get("patch_size_t", 1), config.get("patch_size", 1)
-
-    def size_multiple(self) -> int:
-        return self.vae_scale_factor() * self._patch_sizes()[1]
-
-    def check_request(self, request: Request) -> str | None:
-        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
-
-    def output_frames(self, request: Request) -> int:
-        return request.num_frames
 
     def denoise_group_key(self, request: Request) -> tuple:
         # The frame rate steers denoising; the decode settings do not.
@@ -73,7 +64,7 @@ class LTXVideo(StandardFamily):
                 request.guidance_scale, request.fps)
 
     def latent_shape(self, request: Request) -> tuple[int, ...]:
-        temporal, spatial = self._vae_factors()
+        temporal, spatial = self.vae_factors()
         latent_frames = (request.num_frames - 1) // temporal + 1
         return (self.latent_channels(), latent_frames, request.height // spatial, request.width // spatial)
 

@@ -19,7 +19,8 @@ import numpy as np
 
 from latentmill import schema
 from latentmill.models import tensors
-from latentmill.models.base import AudioTrack, cpu_generator, frame_count_problem
+from latentmill.models.base import AudioTrack, TemporalVAEFamily, cpu_generator
+from latentmill.models.ltx import ltx_vae_factors
 from latentmill.models.modular import ModularFamily
 from latentmill.rows import Request
 
@@ -31,7 +32,7 @@ CONDITIONING = ("connector_prompt_embeds", "connector_audio_prompt_embeds", "con
 NEGATIVE_CONDITIONING = tuple(f"negative_{name}" for name in CONDITIONING)
 
 
-class LTX2(ModularFamily):
+class LTX2(TemporalVAEFamily, ModularFamily):
     name = "ltx-2"
     pipeline_classes = ("LTX2Pipeline",)
     blocks_class = "LTX2Blocks"  # text-to-video; diffusers exports only the auto blocks at the top level
@@ -52,25 +53,8 @@ class LTX2(ModularFamily):
 
     # ---- rules --------------------------------------------------------------------------------
 
-    def _vae_factors(self) -> tuple[int, int]:
-        """(temporal, spatial) compression of the video VAE, as diffusers derives it: the config's ratios, else
-        its patchify times 2 per scaling level."""
-        config = self.component_config("vae")
-        scaled = 2 ** sum(np.atleast_1d(config["spatio_temporal_scaling"]))
-        return (config.get("temporal_compression_ratio") or config["patch_size_t"] * scaled,
-                config.get("spatial_compression_ratio") or config["patch_size"] * scaled)
-
-    def vae_scale_factor(self) -> int:
-        return self._vae_factors()[1]
-
-    def size_multiple(self) -> int:
-        return self.vae_scale_factor() * self.component_config("transformer").get("patch_size", 1)
-
-    def check_request(self, request: Request) -> str | None:
-        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
-
-    def output_frames(self, request: Request) -> int:
-        return request.num_frames
+    def vae_factors(self) -> tuple[int, int]:
+        return ltx_vae_factors(self.component_config("vae"))
 
     def needs_negative(self, request: Request) -> bool:
         # The pipeline guides both modalities in one pass when either scale asks for it.
@@ -131,7 +115,7 @@ class LTX2(ModularFamily):
                 pipe.update_components(**{component: guider.new(guidance_scale=scale)})
 
     def _latent_grid(self, request: Request) -> tuple[int, int, int]:
-        temporal, spatial = self._vae_factors()
+        temporal, spatial = self.vae_factors()
         return (request.num_frames - 1) // temporal + 1, request.height // spatial, request.width // spatial
 
     def _unpack_video(self, packed, request: Request):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from latentmill.models import tensors
-from latentmill.models.base import cpu_generator, frame_count_problem
+from latentmill.models.base import TemporalVAEFamily, cpu_generator
 from latentmill.models.standard import NEGATIVE_PROMPT_EMBEDS, PROMPT_EMBEDS, StandardFamily, load_partial_pipeline
 from latentmill.rows import Request
 
@@ -22,7 +22,7 @@ EXPERTS = ("transformer", "transformer_2")  # high noise (the steps from the sta
 # corrector its last sample and order. Re-deriving them would need the first expert again.
 HANDOVER_SCHEDULERS = ("UniPCMultistepScheduler",)
 
-class Wan(StandardFamily):
+class Wan(TemporalVAEFamily, StandardFamily):
     name = "wan"
     pipeline_classes = ("WanPipeline",)
     is_video = True
@@ -49,25 +49,16 @@ class Wan(StandardFamily):
         return {"num_inference_steps": 50, "guidance_scale": 5.0, "height": 480, "width": 832, "num_frames": 81,
                 "fps": 16.0}
 
-    def _vae_factors(self) -> tuple[int, int]:
+    def vae_factors(self) -> tuple[int, int]:
         config = self.component_config("vae")
         return config.get("scale_factor_temporal", 4), config.get("scale_factor_spatial", 8)
-
-    def vae_scale_factor(self) -> int:
-        return self._vae_factors()[1]
 
     def size_multiple(self) -> int:
         patch = self.component_config("transformer")["patch_size"]
         return max(16, self.vae_scale_factor() * max(patch[1], patch[2]))
 
-    def check_request(self, request: Request) -> str | None:
-        return frame_count_problem(request.num_frames, self._vae_factors()[0]) or super().check_request(request)
-
-    def output_frames(self, request: Request) -> int:
-        return request.num_frames
-
     def latent_shape(self, request: Request) -> tuple[int, ...]:
-        temporal, spatial = self._vae_factors()
+        temporal, spatial = self.vae_factors()
         channels = self.component_config("transformer")["in_channels"]
         latent_frames = (request.num_frames - 1) // temporal + 1
         return (channels, latent_frames, request.height // spatial, request.width // spatial)
@@ -76,7 +67,7 @@ class Wan(StandardFamily):
         super().load_denoiser(device, dtype)
         # Without its VAE the pipeline would assume 4x temporal and 8x spatial; use the checkpoint's own.
         pipe = self.denoise_pipe
-        pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial = self._vae_factors()
+        pipe.vae_scale_factor_temporal, pipe.vae_scale_factor_spatial = self.vae_factors()
 
     def denoise_split_problem(self) -> str | None:
         if not self.two_experts():

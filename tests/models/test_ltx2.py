@@ -133,7 +133,7 @@ def test_rows_the_model_cannot_make_name_the_rule_and_a_valid_value(ref):
 
     family = ref.family()
     vae = AutoencoderKLLTX2Video.from_config(family.component_config("vae"))
-    assert family._vae_factors() == (vae.temporal_compression_ratio, vae.spatial_compression_ratio) == (8, 32)
+    assert family.vae_factors() == (vae.temporal_compression_ratio, vae.spatial_compression_ratio) == (8, 32)
     assert family.check_request(ROWS[0]) is None
     frames = family.check_request(request(9, "x", num_frames=10))
     assert "8k+1" in frames and "use 9 or 17" in frames
