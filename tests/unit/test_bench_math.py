@@ -132,7 +132,7 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     from latentmill.rows import Request
 
     monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
-    ref = resolve_model("builtin:sim-wan14b-50@0.001")
+    ref = resolve_model("builtin:sim-wan-50@0.001")
     family = ref.family()
     assert family.is_video and family.generation_defaults()["num_frames"] == 81
     request = Request("r1", "a prompt", "", 7, 50, 5.0, 480, 832, 81, 16.0)
@@ -142,7 +142,9 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     started = time.perf_counter()
     encoded = family.encode([request, request])
     latents = family.denoise([request, request], encoded.tensors)
-    frames = family.decode(np.stack(latents), [request, request])
+    # Frames at the requested output size (small here): decoded media cost what they cost.
+    small = Request("r2", "a prompt", "", 8, 50, 5.0, 32, 48, 9, 16.0)
+    frames = family.decode(np.stack(latents), [small, small])
     # At half a device, twice the scaled time: (t0 + 2 t1) * 2 per stage.
     costs = family.spec["stage_costs"]
     expected = sum(2 * (c["t0"] + 2 * c["t1"]) for c in costs.values())
@@ -151,8 +153,10 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     assert encoded.tensors["prompt_embeds"][0].dtype == np.float16
     assert encoded.tensors["negative_prompt_embeds"][0].shape == (512, 4096)  # guidance 5: negatives shipped
     assert latents[0].shape == (16, 21, 60, 104) and latents[0].dtype == np.float16
-    assert frames.shape == (2, 2, 16, 16, 3) and frames.dtype == np.float32
+    assert frames.shape == (2, 9, 32, 48, 3) and frames.dtype == np.float32
     assert 0 <= frames.min() and frames.max() <= 1
+    assert not np.array_equal(frames[0, 0], frames[0, 1])  # the picture moves: the video encoder has work
+    assert frames.std() > 0.1  # a textured picture, not a flat one that every encoder compresses for free
 
 
 def test_simulated_actor_path_never_imports_torch(tmp_path):

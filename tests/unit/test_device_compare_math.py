@@ -1,0 +1,41 @@
+"""The equal-budget compare's arithmetic on fixed inputs (pure: no Ray)."""
+
+from __future__ import annotations
+
+import pytest
+
+from latentmill.bench import arithmetic as ar
+
+
+def test_bound_is_devices_over_the_stages_device_seconds_per_row():
+    # SDXL-like: 0.001 s text, 0.3 s denoise, 0.03 s VAE per row; 8 devices.
+    assert ar.bound_rows_per_s(8, {"encode": 0.001, "denoise": 0.3, "decode": 0.03}) == pytest.approx(8 / 0.331)
+    with pytest.raises(ValueError):
+        ar.bound_rows_per_s(8, {"encode": 0.0, "denoise": 0.0, "decode": 0.0})
+
+
+def test_pools_rate_is_the_slowest_stage():
+    seconds = {"encode": 0.001, "denoise": 0.3, "decode": 0.03}
+    # 7 whole denoiser devices, 1 device split 0.125 / 0.875: the denoisers bound it at 7 / 0.3 rows/s,
+    # 0.962 of the 8-device bound (the quantisation whole denoiser devices cost).
+    rate = ar.pools_rows_per_s({"encode": 0.125, "denoise": 7.0, "decode": 0.875}, seconds)
+    assert rate == pytest.approx(7 / 0.3)
+    assert rate / ar.bound_rows_per_s(8, seconds) == pytest.approx(7 * 0.331 / (8 * 0.3))
+    assert ar.pools_rows_per_s({"encode": 1, "denoise": 4, "decode": 1}, {"encode": 0, "denoise": 1, "decode": 0.5}) == 2
+
+
+def test_prices_parse_in_order_and_refuse_nonsense():
+    assert list(ar.parse_prices("h100=2.5, l4=0.8").items()) == [("h100", 2.5), ("l4", 0.8)]
+    for bad in ("h100", "h100=abc", "=2", "h100=-1", ""):
+        with pytest.raises(ValueError):
+            ar.parse_prices(bad)
+
+
+def test_cost_per_1000_outputs():
+    prices = {"h100": 2.5, "l4": 0.8}
+    # The peer: 8 H100s at 20 rows/s -> $20/h -> 72,000 rows/h -> $0.2778 per 1,000.
+    assert ar.cost_per_1000(20.0, {"h100": 8}, prices) == pytest.approx(20 / 72)
+    # The split: 7 H100s + 1 L4 at 19 rows/s.
+    assert ar.cost_per_1000(19.0, {"h100": 7, "l4": 1}, prices) == pytest.approx((7 * 2.5 + 0.8) / 3.6 / 19)
+    assert ar.cost_per_1000(None, {"h100": 8}, prices) is None
+    assert ar.cost_per_1000(0.0, {"h100": 8}, prices) is None
