@@ -8,6 +8,9 @@ All three contenders get the same model, prompt table, generation parameters and
 (c) the bound: the denoiser stage alone in this process, one actor's threads, the same batch size, on
     embeddings computed beforehand (untimed). Its rate times (a)'s denoiser devices is what (a) could
     reach if nothing but denoising cost anything.
+
+With ``--devices N`` the three run on simulated devices at an equal budget of N devices instead
+(`latentmill.bench.device_compare`).
 """
 
 from __future__ import annotations

@@ -214,3 +214,24 @@ def test_bench_report_rederives_scaling_figures_from_the_curves(tmp_path, capsys
 
     (tmp_path / "other.json").write_text("{}")
     assert main(["bench", "report", str(tmp_path / "other.json")]) == 2
+
+
+def test_simulated_whole_pipeline_runs_every_stage_for_the_peer(tmp_path, monkeypatch):
+    import numpy as np
+
+    from latentmill.models import resolve_model
+
+    monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
+    family = resolve_model("builtin:sim-flux-28@0.001").family()
+    assert family.profile["shares"][1] > 95  # the transformer is almost all of FLUX.1-dev's time
+    family.prepare_runtime(1.0, "bfloat16", 1)
+    pipe = family.reference_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(prompt=["a", "b"], negative_prompt=["", ""], height=32, width=48, num_inference_steps=28,
+                  guidance_scale=1.0, generator=[family.reference_generator(s) for s in (1, 2)])
+    assert result.frames is None and result.images.shape == (2, 32, 48, 3)
+    assert 0 <= result.images.min() and result.images.max() <= 1
+    t0, t1 = family.stage_cost("denoise")
+    assert result.stage_seconds["denoise"] >= (t0 + 2 * t1) * 0.99
+    assert set(result.stage_seconds) == {"encode", "denoise", "decode"}
+    assert not np.array_equal(result.images[0], result.images[1])  # rows differ by their seed
