@@ -1,9 +1,10 @@
 """`latentmill bench compare --model builtin:sim-PROFILE --devices N[,M...]`: the split against the peer
 pattern on simulated devices, at an equal budget of N devices.
 
-- (a) latentmill: the planner's pools for N devices (`latentmill.planning.recommend`), whole devices for
-  the denoisers and fractions of the rest for encoding and decoding, sized on their device time plus the
-  host time a decode actor spends per row (media encoding and the write, measured at the output size);
+- (a) latentmill: the planner's pools for N devices (`latentmill.planning.recommend_whole_denoisers`):
+  whole devices for the denoisers, the rest of the budget in fractions for encoding and decoding, sized
+  on their device time plus the host time a decode actor spends per row (media encoding and the write,
+  measured at the output size);
 - (b) the peer: N actors with one whole device each, every one running the whole simulated pipeline
   (encode, denoise and decode at the profile's costs, then media encoding and the write) while it holds
   its device (`latentmill.bench.peer` on the family's `SimulatedPipeline`);
@@ -86,15 +87,13 @@ def plan_for_devices(profile_name: str, time_scale: float, devices: int, host_de
     """The planner's pools for `devices` whole devices (denoisers whole, the rest in fractions), and
     each stage's device seconds per row for the bound."""
     from latentmill.bench.scaling import CALL_OVERHEAD_S, profile_costs, profile_row_bytes
-    from latentmill.planning import Budget, StageCost, choose_batches, recommend
+    from latentmill.planning import Budget, StageCost, choose_batches, recommend_whole_denoisers
 
     profile, costs = profile_costs(profile_name, time_scale)
     batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
-    host = {"decode": host_decode}
-    sizing = {stage: StageCost(cost.t0 + CALL_OVERHEAD_S, cost.t1 + host.get(stage, 0.0))
-              for stage, cost in costs.items()}
+    sizing = {stage: StageCost(cost.t0 + CALL_OVERHEAD_S, cost.t1) for stage, cost in costs.items()}
     sizing["denoise"] = costs["denoise"]
-    plan = recommend(sizing, batches, Budget(devices=devices, kind="gpu"))
+    plan = recommend_whole_denoisers(sizing, batches, Budget(devices=devices, kind="gpu"), {"decode": host_decode})
     # Each stage at the larger of the plan's batch and the peer's (the denoiser's): the cheaper per row,
     # so the bound is above both contenders.
     row_device_seconds = {stage: costs[stage].row_seconds(max(plan.pools[stage].batch_size, profile.denoise_batch))

@@ -39,3 +39,20 @@ def test_cost_per_1000_outputs():
     assert ar.cost_per_1000(19.0, {"h100": 7, "l4": 1}, prices) == pytest.approx((7 * 2.5 + 0.8) / 3.6 / 19)
     assert ar.cost_per_1000(None, {"h100": 8}, prices) is None
     assert ar.cost_per_1000(0.0, {"h100": 8}, prices) is None
+
+
+def test_whole_denoisers_fill_the_budget():
+    from latentmill.planning import Budget, StageCost, recommend_whole_denoisers
+
+    # SDXL-like shares 0.1 : 91 : 9 (device seconds per row at batch 4), 0.2 s of host work per decoded row.
+    costs = {"encode": StageCost(0.0, 0.0012), "denoise": StageCost(0.0, 1.2), "decode": StageCost(0.0, 0.119)}
+    batches = {"encode": 4, "denoise": 4, "decode": 4}
+    plan = recommend_whole_denoisers(costs, batches, Budget(devices=8, kind="gpu"), {"decode": 0.2})
+    pools = {stage: (pool.size, pool.device_share) for stage, pool in plan.pools.items()}
+    # 7 whole denoisers; the eighth device split: encoders 1/8, decoders 7 x 1/8 (their media encoding
+    # holds only an eighth of a device each).
+    assert pools == {"encode": (1, 0.125), "denoise": (7, 1.0), "decode": (7, 0.125)}
+    assert plan.devices_used == pytest.approx(8.0) and plan.bottleneck == "denoise"
+    assert plan.pools["decode"].row_seconds == pytest.approx(0.119 + 0.125 * 0.2)
+    with pytest.raises(Exception, match="whole denoiser"):
+        recommend_whole_denoisers(costs, batches, Budget(devices=1.1, kind="gpu"))
