@@ -403,7 +403,7 @@ def recommend_whole_denoisers(costs: dict[str, StageCost], batches: dict[str, in
     `recommend` rounds every pool up at one common rate, so with whole denoisers it can leave most of
     a device idle (SDXL on 8 devices: 6 denoisers). Here each count k of whole denoisers gets the rest
     of the budget: the encoders the smallest share that keeps up with k, the decoders all that is left,
-    in as many actors (up to 2k + 1) as decode the most. While one small decoder encodes media on the
+    in as many actors (up to 2k + 1) as decode the most, every share one that packs (`packable_shares`). While one small decoder encodes media on the
     host the others keep the device busy, so its `host_seconds` per row idle only its share of a device
     and are charged at that share.
     """
@@ -413,7 +413,8 @@ def recommend_whole_denoisers(costs: dict[str, StageCost], batches: dict[str, in
     best: Plan | None = None
     for denoisers in range(1, math.floor(budget.devices + EPS) + 1):
         rate = denoisers / row_seconds["denoise"]
-        encoders = pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)), grid)
+        encoders = _packable_pool(pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)), grid),
+                                  grid)
         left = budget.devices - denoisers - encoders[0] * encoders[1]
         decode_devices = math.floor(left / grid + EPS) * grid
         if decode_devices < grid - EPS:
@@ -433,15 +434,33 @@ def recommend_whole_denoisers(costs: dict[str, StageCost], batches: dict[str, in
     return best
 
 
+def packable_shares(grid: float) -> list[float]:
+    """Device shares that pack without waste: 1, 1/2, 1/4, ... down to the grid.
+
+    Ray gives a fractional actor its share of one device, so two actors of 0.625 need two devices;
+    shares that divide one device fill every device they use.
+    """
+    shares = [1.0]
+    while shares[-1] / 2 >= grid - EPS:
+        shares.append(shares[-1] / 2)
+    return shares
+
+
+def _packable_pool(pool: tuple[int, float], grid: float) -> tuple[int, float]:
+    """The same actors with their share rounded up to a packable one."""
+    actors, share = pool
+    return actors, min(s for s in packable_shares(grid) if s >= share - EPS)
+
+
 def _decoders_for(devices: float, row_seconds: float, host_seconds: float, grid: float, max_actors: int
                   ) -> tuple[int, float]:
-    """(actors, share each) of at most `devices` that decode the most rows/s, each actor's host seconds
-    per row charged at its share; fewer actors on a tie (each is a process with its own weights)."""
+    """(actors, packable share each) of at most `devices` that decode the most rows/s, each actor's host
+    seconds per row charged at its share; fewer actors on a tie (each is a process with its own weights)."""
     best, best_rate = (1, grid), -1.0
-    for actors in range(1, max_actors + 1):
-        share = min(1.0, math.floor(devices / actors / grid + EPS) * grid)
-        if share < grid - EPS:
-            break
+    for share in packable_shares(grid):
+        actors = min(max_actors, math.floor(devices / share + EPS))
+        if actors < 1:
+            continue
         rate = actors * share / (row_seconds + share * host_seconds)
         if rate > best_rate * (1 + EPS):
             best, best_rate = (actors, share), rate

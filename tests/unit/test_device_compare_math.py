@@ -56,3 +56,18 @@ def test_whole_denoisers_fill_the_budget():
     assert plan.pools["decode"].row_seconds == pytest.approx(0.119 + 0.125 * 0.2)
     with pytest.raises(Exception, match="whole denoiser"):
         recommend_whole_denoisers(costs, batches, Budget(devices=1.1, kind="gpu"))
+
+
+def test_shares_pack_whole_devices():
+    from latentmill.planning import Budget, StageCost, recommend_whole_denoisers
+    from latentmill.planning.optimise import packable_shares
+
+    assert packable_shares(0.125) == [1.0, 0.5, 0.25, 0.125]
+    # LCM-like: the VAE costs more than the denoiser. Two decoders of 0.625 would need two devices (Ray
+    # places a fractional actor on one device), so every share is 1, 1/2, 1/4 or 1/8.
+    costs = {"encode": StageCost(0.0, 0.004), "denoise": StageCost(0.0, 1.2), "decode": StageCost(0.0, 1.47)}
+    batches = {"encode": 8, "denoise": 8, "decode": 8}
+    for devices in (8, 16):
+        plan = recommend_whole_denoisers(costs, batches, Budget(devices=devices, kind="gpu"), {"decode": 0.27})
+        assert all(pool.device_share in packable_shares(0.125) for pool in plan.pools.values())
+        assert plan.devices_used <= devices
