@@ -163,3 +163,48 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> 
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
+
+
+def bound_rows_per_s(devices: float, row_device_seconds: dict[str, float]) -> float:
+    """The most rows/s `devices` devices can give when every stage's device time is all that costs:
+    devices / the sum over stages of each row's device seconds (nothing idle, no host work)."""
+    total = sum(row_device_seconds.values())
+    if total <= 0:
+        raise ValueError("the stages' device seconds per row must add up to more than zero")
+    return devices / total
+
+
+def pools_rows_per_s(pool_devices: dict[str, float], row_device_seconds: dict[str, float]) -> float:
+    """The rows/s of pipelined pools on device time alone: their slowest stage's devices / its seconds
+    per row."""
+    return min(pool_devices[stage] / seconds for stage, seconds in row_device_seconds.items() if seconds > 0)
+
+
+def parse_prices(text: str) -> dict[str, float]:
+    """``h100=2.5,l4=0.8`` -> {"h100": 2.5, "l4": 0.8}: price per device-hour by device type, in order
+    (the first type holds the denoisers; the second, if any, latentmill's encode and decode pools)."""
+    prices: dict[str, float] = {}
+    for item in text.split(","):
+        if not item.strip():
+            continue
+        name, sep, value = item.partition("=")
+        try:
+            price = float(value)
+        except ValueError:
+            price = -1.0
+        if not sep or not name.strip() or price < 0:
+            raise ValueError(f"a price is TYPE=PER_HOUR, e.g. h100=2.5; got {item.strip()!r}")
+        prices[name.strip()] = price
+    if not prices:
+        raise ValueError("no prices given; expected e.g. h100=2.5,l4=0.8")
+    return prices
+
+
+def cost_per_1000(rows_per_s: float | None, devices_by_type: dict[str, float], prices: dict[str, float]
+                  ) -> float | None:
+    """What 1,000 outputs cost at `rows_per_s` when `devices_by_type` devices are rented at `prices`
+    per device-hour."""
+    if not rows_per_s or rows_per_s <= 0:
+        return None
+    per_hour = sum(count * prices[kind] for kind, count in devices_by_type.items())
+    return per_hour / 3600.0 / rows_per_s * 1000.0

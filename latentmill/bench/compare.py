@@ -8,6 +8,9 @@ All three contenders get the same model, prompt table, generation parameters and
 (c) the bound: the denoiser stage alone in this process, one actor's threads, the same batch size, on
     embeddings computed beforehand (untimed). Its rate times (a)'s denoiser devices is what (a) could
     reach if nothing but denoising cost anything.
+
+With ``--devices N`` the three run on simulated devices at an equal budget of N devices instead
+(`latentmill.bench.device_compare`).
 """
 
 from __future__ import annotations
@@ -239,10 +242,14 @@ def run_compare(args) -> dict[str, Any]:
     from latentmill.models import resolve_model
     from latentmill.planning import Budget, plan_for_model, read_plan_stages
 
+    if args.devices:
+        from latentmill.bench.device_compare import run_device_compare
+
+        return run_device_compare(args)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    params = {"height": args.height, "width": args.width, "num_inference_steps": args.steps,
-              "guidance_scale": args.guidance}
+    params = {"height": args.height or 128, "width": args.width or 128, "num_inference_steps": args.steps or 10,
+              "guidance_scale": 5.0 if args.guidance is None else args.guidance}
     table = make_prompt_table(out / "inputs" / f"prompts-{args.rows}.parquet", args.rows)
     plan_info: dict[str, Any] = {}
     if args.plan:

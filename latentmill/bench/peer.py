@@ -16,7 +16,7 @@ import numpy as np
 
 
 class PeerPipelineWorker:
-    """map_batches callable: prompts in, written media out (id, output_uri, seconds)."""
+    """map_batches callable: prompts in, written media out (id, output_uri, seconds, denoise_seconds)."""
 
     def __init__(self, model, params: dict[str, Any], num_gpus: float, threads: int, output_uri: str,
                  storage_options: dict[str, Any], job_seed: int, media_format: str, dtype: str = "float32") -> None:
@@ -34,7 +34,6 @@ class PeerPipelineWorker:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         from latentmill.io import media, storage
-        from latentmill.models.base import cpu_generator
         from latentmill.pipelines.validate import derived_seed
 
         started = time.perf_counter()
@@ -48,14 +47,18 @@ class PeerPipelineWorker:
             width=params["width"],
             num_inference_steps=params["num_inference_steps"],
             guidance_scale=params["guidance_scale"],
-            generator=[cpu_generator(derived_seed(self.job_seed, i)) for i in ids],
+            generator=[self.family.reference_generator(derived_seed(self.job_seed, i)) for i in ids],
             output_type="np",
         )
         if self.family.is_video:
             kwargs["num_frames"] = params["num_frames"]
-            frames = np.asarray(self.pipe(**kwargs).frames, dtype=np.float32)
+            result = self.pipe(**kwargs)
+            frames = np.asarray(result.frames, dtype=np.float32)
         else:
-            frames = np.asarray(self.pipe(**kwargs).images, dtype=np.float32)[:, None]
+            result = self.pipe(**kwargs)
+            frames = np.asarray(result.images, dtype=np.float32)[:, None]
+        # A simulated pipeline reports its denoiser's device time; a diffusers one does not (NaN).
+        denoise_seconds = getattr(result, "stage_seconds", {}).get("denoise", float("nan"))
         frames = media.to_uint8(frames)
         uris = []
         for row_id, row_frames in zip(ids, frames):
@@ -72,6 +75,7 @@ class PeerPipelineWorker:
             "id": np.asarray(ids, dtype=object),
             "output_uri": np.asarray(uris, dtype=object),
             "seconds": np.full(len(ids), per_row),
+            "denoise_seconds": np.full(len(ids), denoise_seconds / len(ids)),
         }
 
 

@@ -238,12 +238,24 @@ def _bench_parser(subparsers) -> None:
         help="(a) latentmill vs (b) one whole diffusers pipeline per actor vs (c) the denoiser alone, "
         "same model, prompts, parameters and resources",
     )
-    real.add_argument("--model", "-m", default="builtin:tiny-image", help="model for every contender (default builtin:tiny-image)")
+    real.add_argument("--model", "-m", default="builtin:tiny-image",
+                      help="model for every contender (default builtin:tiny-image); with --devices a simulated "
+                      "one, builtin:sim-PROFILE")
     real.add_argument("--rows", type=int, default=384, help="prompts (cycled from examples/prompts.parquet)")
-    real.add_argument("--height", type=int, default=128, help="image height in pixels (default 128)")
-    real.add_argument("--width", type=int, default=128, help="image width in pixels (default 128)")
-    real.add_argument("--steps", type=int, default=10, help="denoising steps (default 10)")
-    real.add_argument("--guidance", type=float, default=5.0, help="guidance scale (default 5.0)")
+    real.add_argument("--height", type=int, help="image height in pixels (default 128; with --devices the model's)")
+    real.add_argument("--width", type=int, help="image width in pixels (default 128; with --devices the model's)")
+    real.add_argument("--steps", type=int, help="denoising steps (default 10; with --devices the model's)")
+    real.add_argument("--guidance", type=float, help="guidance scale (default 5.0; with --devices the model's)")
+    real.add_argument("--devices", help="simulated devices: compare at an equal budget of N devices (a list: "
+                      "8,16); (a) the planner's pools, (b) N whole-pipeline actors, (c) the device-time bound")
+    real.add_argument("--prices", default="h100=2.5,l4=0.8",
+                      help="with --devices: price per device-hour by type; the first type holds the denoisers "
+                      "(and every peer actor), the second latentmill's encode and decode pools "
+                      "(default h100=2.5,l4=0.8)")
+    real.add_argument("--time-scale", type=float, default=1.0,
+                      help="with --devices: multiply every simulated time (default 1)")
+    real.add_argument("--batches-per-device", type=int, default=6,
+                      help="with --devices: denoiser batches per device, the run's length (default 6)")
     real.add_argument("--plan", type=Path, help="latentmill's pools from this plan file (default: `plan` for --cpus)")
     real.add_argument("--cpus", type=float, help="CPU budget shared by every contender (default: this machine's cores)")
     real.add_argument("--gpus", type=float, help="GPU budget shared by every contender (on a GPU machine)")

@@ -262,6 +262,10 @@ class Family:
         pipeline_class = getattr(diffusers, self.index["_class_name"])
         return pipeline_class.from_pretrained(self.model_dir, torch_dtype=dtype).to(device)
 
+    def reference_generator(self, seed: int):
+        """A row's ``generator`` argument for the reference pipeline: a seeded CPU torch generator."""
+        return cpu_generator(seed)
+
     def reference_kwargs(self, request: Request) -> dict[str, Any]:
         """The family's own arguments of the plain pipeline's call for this row."""
         kwargs = dict(request.extras)

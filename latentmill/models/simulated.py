@@ -40,6 +40,8 @@ PROFILE_FILE = "simulation.json"
 # Share of a stage's batch-of-one time that is fixed per batch (t0); the rest grows with the batch
 # (t1 per row). Text encoders are latency-bound at small batches; denoisers and VAEs are compute-bound.
 DEFAULT_FIXED_FRACTION = {"encode": 0.5, "denoise": 0.05, "decode": 0.1}
+# How far a simulated video pans per frame: motion, so the video encoder works as on real footage.
+PAN_PIXELS_PER_FRAME = 2
 
 
 @dataclass(frozen=True)
@@ -105,7 +107,25 @@ SIMULATED_PROFILES: dict[str, SimProfile] = {
             defaults={"height": 1024, "width": 1024, "guidance_scale": 5.0, "fps": 0.0, "num_inference_steps": 30},
         ),
         SimProfile(
-            name="wan14b-50",
+            name="flux-28",
+            description=(
+                "FLUX.1-dev, 1024x1024, 28 steps, guidance-distilled (T5-XXL 512x4096, latents 16x128x128). "
+                "Shares from measured and published figures: the transformer 0.706 s per step at batch 4 "
+                "on an H200 in bf16 (BENCHMARKS.md section 7), 4.94 s per image; the VAE decoder (SDXL's "
+                "architecture but 16 latent channels) 0.085 s per 1024x1024 image (same section, batch 4 "
+                "in 0.34 s); T5-XXL's encoder 4.76e9 parameters (google/t5-v1_1-xxl) x 2 x 512 tokens = "
+                "4.9 TFLOP at 0.4 of the H200's 989 dense bf16 TFLOP/s, 0.012 s"
+            ),
+            shares=(0.24, 98.06, 1.70),
+            denoise_batch=4,
+            denoise_batch_seconds=2.0,
+            embed_shape=(512, 4096),
+            latent_channels=16,
+            spatial_factor=8,
+            defaults={"height": 1024, "width": 1024, "guidance_scale": 1.0, "fps": 0.0, "num_inference_steps": 28},
+        ),
+        SimProfile(
+            name="wan-50",
             description="Wan 2.1 14B, 480x832, 81 frames, 50 steps (UMT5 512x4096, latents 16x21x60x104)",
             shares=(0.35, 98.7, 0.9),
             denoise_batch=1,
@@ -229,6 +249,7 @@ class Simulated(Family):
         # Kept in `configs`, which the base class pickles into validation tasks and actors.
         self.configs["simulation"] = json.loads((self.model_dir / PROFILE_FILE).read_text())
         self.speed = 1.0
+        self._textures: dict[tuple[int, int], np.ndarray] = {}
 
     # ---- facts ------------------------------------------------------------------------------
 
@@ -318,18 +339,83 @@ class Simulated(Family):
         return [np.full(self.latent_shape(r), (r.seed % 1000) / 1000.0, dtype=dtype) for r in requests]
 
     def decode(self, latents: np.ndarray, requests: list[Request]) -> np.ndarray:
-        """Small frames: (B, 2, 16, 16, 3) for video, (B, 1, 16, 16, 3) for images.
+        """Frames at the requested output size: (B, F, H, W, 3) float32 in [0, 1].
 
-        Decoded pixels never leave the decode actor (it encodes and uploads them itself), so their
-        size does not change the pipeline's traffic; small frames keep media encoding cheap, and the
-        VAE's (and encoder's) time is the simulated sleep.
+        Media encoding and the write of real-sized frames are the host work a decode actor (or a
+        whole-pipeline peer) does while it holds its device, so they must cost what they cost: a
+        1024x1024 PNG, an 81-frame 480p MP4. The frames are a textured gradient (PNG: about 2 MB, like
+        a photograph) panning over time (video), shifted per row by its latents so rows differ; the
+        texture is made once per size, so only the copy-out of the frames is paid per row, as it is
+        for a real VAE's output. Tests ask for small sizes to stay fast.
         """
         self._sleep("decode", len(latents))
-        frames = 2 if self.is_video else 1
-        level = np.asarray(latents.reshape(len(latents), -1)[:, :1], dtype=np.float32)  # (B, 1)
-        out = np.empty((len(latents), frames, 16, 16, 3), dtype=np.float32)
-        out[:] = np.clip(level, 0, 1)[:, :, None, None, None]
+        out = np.empty((len(latents), *self._frames_shape(requests[0])), dtype=np.float32)
+        levels = np.asarray(latents.reshape(len(latents), -1)[:, 0], dtype=np.float32)
+        for row, (request, level) in enumerate(zip(requests, levels)):
+            texture = self._texture(request.height, request.width + PAN_PIXELS_PER_FRAME * out.shape[1])
+            offset = int(abs(level) * 1000) % PAN_PIXELS_PER_FRAME
+            for frame in range(out.shape[1]):
+                start = offset + PAN_PIXELS_PER_FRAME * frame
+                out[row, frame] = texture[:, start:start + request.width]
         return out
 
-    def reference_pipeline(self, device: str = "cpu", dtype=None):
-        raise NotImplementedError("a simulated model has no diffusers pipeline; benchmark it with `latentmill bench scaling`")
+    def _frames_shape(self, request: Request) -> tuple[int, int, int, int]:
+        return (self.output_frames(request), request.height, request.width, 3)
+
+    def _texture(self, height: int, width: int) -> np.ndarray:
+        key = (height, width)
+        if key not in self._textures:
+            y = np.linspace(0, 1, height, dtype=np.float32)[:, None, None]
+            x = np.linspace(0, 1, width, dtype=np.float32)[None, :, None]
+            smooth = (0.5 * y + 0.3 * x + 0.2 * np.sin(20 * x * y + np.arange(3, dtype=np.float32))) % 1
+            grain = np.random.default_rng(0).random((height, width, 3), dtype=np.float32)
+            self._textures[key] = np.clip(smooth + 0.08 * grain, 0, 1)
+        return self._textures[key]
+
+    def reference_generator(self, seed: int) -> int:
+        return int(seed)
+
+    def reference_pipeline(self, device: str = "cpu", dtype=None) -> "SimulatedPipeline":
+        """The whole simulated pipeline in one object, called like a diffusers pipeline: the peer's model."""
+        return SimulatedPipeline(self)
+
+
+@dataclass
+class SimulatedOutput:
+    """What a diffusers pipeline returns (``images`` or ``frames``), plus the seconds of each stage's
+    simulated device time, so a benchmark can tell the denoiser's busy time from the rest."""
+
+    images: np.ndarray | None
+    frames: np.ndarray | None
+    stage_seconds: dict[str, float]
+
+
+class SimulatedPipeline:
+    """encode, denoise and decode of a `Simulated` family in series, at one device's speed each."""
+
+    def __init__(self, family: Simulated) -> None:
+        self.family = family
+
+    def set_progress_bar_config(self, **_: Any) -> None:
+        """Nothing to configure: kept so the peer calls it as on a diffusers pipeline."""
+
+    def __call__(self, prompt: list[str], negative_prompt: list[str], height: int, width: int,
+                 num_inference_steps: int, guidance_scale: float, generator: list[int], output_type: str = "np",
+                 num_frames: int = 1, fps: float = 0.0) -> SimulatedOutput:
+        family = self.family
+        requests = [Request(f"peer-{i}", p, n, int(seed), num_inference_steps, guidance_scale, height, width,
+                            num_frames if family.is_video else 1, fps)
+                    for i, (p, n, seed) in enumerate(zip(prompt, negative_prompt, generator))]
+        seconds: dict[str, float] = {}
+        started = time.perf_counter()
+        encoded = family.encode(requests)
+        seconds["encode"] = time.perf_counter() - started
+        started = time.perf_counter()
+        latents = family.denoise(requests, encoded.tensors)
+        seconds["denoise"] = time.perf_counter() - started
+        started = time.perf_counter()
+        frames = family.decode(np.stack(latents), requests)
+        seconds["decode"] = time.perf_counter() - started
+        if family.is_video:
+            return SimulatedOutput(images=None, frames=frames, stage_seconds=seconds)
+        return SimulatedOutput(images=frames[:, 0], frames=None, stage_seconds=seconds)

@@ -396,6 +396,77 @@ def _spend_leftover(
         pools[slowest] = grown
 
 
+def recommend_whole_denoisers(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget,
+                              host_seconds: dict[str, float] | None = None) -> Plan:
+    """The best plan with whole denoiser devices, found by trying every count of them.
+
+    `recommend` rounds every pool up at one common rate, so with whole denoisers it can leave most of
+    a device idle (SDXL on 8 devices: 6 denoisers). Here each count k of whole denoisers gets the rest
+    of the budget: the encoders the smallest share that keeps up with k, the decoders all that is left,
+    in as many actors (up to 2k + 1) as decode the most, every share one that packs (`packable_shares`). While one small decoder encodes media on the
+    host the others keep the device busy, so its `host_seconds` per row idle only its share of a device
+    and are charged at that share.
+    """
+    row_seconds = _check_costs(costs, batches)
+    host = host_seconds or {}
+    grid = budget.fraction_grid
+    best: Plan | None = None
+    for denoisers in range(1, math.floor(budget.devices + EPS) + 1):
+        rate = denoisers / row_seconds["denoise"]
+        encoders = _packable_pool(pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)), grid),
+                                  grid)
+        left = budget.devices - denoisers - encoders[0] * encoders[1]
+        decode_devices = math.floor(left / grid + EPS) * grid
+        if decode_devices < grid - EPS:
+            break
+        decoders = _decoders_for(decode_devices, row_seconds["decode"], host.get("decode", 0.0), grid,
+                                 max_actors=2 * denoisers + 1)
+        pools = {"encode": encoders, "denoise": (denoisers, 1.0), "decode": decoders}
+        charged = dict(row_seconds)
+        charged["encode"] += encoders[1] * host.get("encode", 0.0)
+        charged["decode"] += decoders[1] * host.get("decode", 0.0)
+        plan = _finish(pools, charged, batches, budget, costs)
+        if best is None or plan.throughput_rows_s > best.throughput_rows_s * (1 + EPS):
+            best = plan
+    if best is None:
+        raise PlanError(f"a budget of {budget.devices:g} devices cannot hold a whole denoiser device and "
+                        f"the other pools at the minimum share of {grid:g}")
+    return best
+
+
+def packable_shares(grid: float) -> list[float]:
+    """Device shares that pack without waste: 1, 1/2, 1/4, ... down to the grid.
+
+    Ray gives a fractional actor its share of one device, so two actors of 0.625 need two devices;
+    shares that divide one device fill every device they use.
+    """
+    shares = [1.0]
+    while shares[-1] / 2 >= grid - EPS:
+        shares.append(shares[-1] / 2)
+    return shares
+
+
+def _packable_pool(pool: tuple[int, float], grid: float) -> tuple[int, float]:
+    """The same actors with their share rounded up to a packable one."""
+    actors, share = pool
+    return actors, min(s for s in packable_shares(grid) if s >= share - EPS)
+
+
+def _decoders_for(devices: float, row_seconds: float, host_seconds: float, grid: float, max_actors: int
+                  ) -> tuple[int, float]:
+    """(actors, packable share each) of at most `devices` that decode the most rows/s, each actor's host
+    seconds per row charged at its share; fewer actors on a tie (each is a process with its own weights)."""
+    best, best_rate = (1, grid), -1.0
+    for share in packable_shares(grid):
+        actors = min(max_actors, math.floor(devices / share + EPS))
+        if actors < 1:
+            continue
+        rate = actors * share / (row_seconds + share * host_seconds)
+        if rate > best_rate * (1 + EPS):
+            best, best_rate = (actors, share), rate
+    return best
+
+
 def size_for_denoisers(
     costs: dict[str, StageCost],
     batches: dict[str, int],

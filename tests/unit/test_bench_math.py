@@ -132,7 +132,7 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     from latentmill.rows import Request
 
     monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
-    ref = resolve_model("builtin:sim-wan14b-50@0.001")
+    ref = resolve_model("builtin:sim-wan-50@0.001")
     family = ref.family()
     assert family.is_video and family.generation_defaults()["num_frames"] == 81
     request = Request("r1", "a prompt", "", 7, 50, 5.0, 480, 832, 81, 16.0)
@@ -142,7 +142,9 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     started = time.perf_counter()
     encoded = family.encode([request, request])
     latents = family.denoise([request, request], encoded.tensors)
-    frames = family.decode(np.stack(latents), [request, request])
+    # Frames at the requested output size (small here): decoded media cost what they cost.
+    small = Request("r2", "a prompt", "", 8, 50, 5.0, 32, 48, 9, 16.0)
+    frames = family.decode(np.stack(latents), [small, small])
     # At half a device, twice the scaled time: (t0 + 2 t1) * 2 per stage.
     costs = family.spec["stage_costs"]
     expected = sum(2 * (c["t0"] + 2 * c["t1"]) for c in costs.values())
@@ -151,8 +153,10 @@ def test_simulated_family_moves_real_shapes_without_torch(tmp_path, monkeypatch)
     assert encoded.tensors["prompt_embeds"][0].dtype == np.float16
     assert encoded.tensors["negative_prompt_embeds"][0].shape == (512, 4096)  # guidance 5: negatives shipped
     assert latents[0].shape == (16, 21, 60, 104) and latents[0].dtype == np.float16
-    assert frames.shape == (2, 2, 16, 16, 3) and frames.dtype == np.float32
+    assert frames.shape == (2, 9, 32, 48, 3) and frames.dtype == np.float32
     assert 0 <= frames.min() and frames.max() <= 1
+    assert not np.array_equal(frames[0, 0], frames[0, 1])  # the picture moves: the video encoder has work
+    assert frames.std() > 0.1  # a textured picture, not a flat one that every encoder compresses for free
 
 
 def test_simulated_actor_path_never_imports_torch(tmp_path):
@@ -210,3 +214,24 @@ def test_bench_report_rederives_scaling_figures_from_the_curves(tmp_path, capsys
 
     (tmp_path / "other.json").write_text("{}")
     assert main(["bench", "report", str(tmp_path / "other.json")]) == 2
+
+
+def test_simulated_whole_pipeline_runs_every_stage_for_the_peer(tmp_path, monkeypatch):
+    import numpy as np
+
+    from latentmill.models import resolve_model
+
+    monkeypatch.setenv("LATENTMILL_CACHE", str(tmp_path))
+    family = resolve_model("builtin:sim-flux-28@0.001").family()
+    assert family.profile["shares"][1] > 95  # the transformer is almost all of FLUX.1-dev's time
+    family.prepare_runtime(1.0, "bfloat16", 1)
+    pipe = family.reference_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    result = pipe(prompt=["a", "b"], negative_prompt=["", ""], height=32, width=48, num_inference_steps=28,
+                  guidance_scale=1.0, generator=[family.reference_generator(s) for s in (1, 2)])
+    assert result.frames is None and result.images.shape == (2, 32, 48, 3)
+    assert 0 <= result.images.min() and result.images.max() <= 1
+    t0, t1 = family.stage_cost("denoise")
+    assert result.stage_seconds["denoise"] >= (t0 + 2 * t1) * 0.99
+    assert set(result.stage_seconds) == {"encode", "denoise", "decode"}
+    assert not np.array_equal(result.images[0], result.images[1])  # rows differ by their seed
