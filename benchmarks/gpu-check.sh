@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU check, one command on a machine with one H100/H200 (about 6 minutes):
+# The GPU check, one command on a machine with one H100/H200 (about 7 minutes):
 #
 #     bash benchmarks/gpu-check.sh [OUT_DIR]
 #

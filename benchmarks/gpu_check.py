@@ -1,6 +1,6 @@
 """The GPU check: full-size SDXL on one GPU, latentmill's pools vs the peer pattern vs the denoiser alone.
 
-Run through `benchmarks/gpu-check.sh` (one command, about 6 minutes on one H100/H200). Steps, each timed and
+Run through `benchmarks/gpu-check.sh` (one command, about 7 minutes on one H100/H200). Steps, each timed and
 skipped when the time limit would be passed:
 
 1. build SDXL base 1.0 at full size with random weights from the configs in `benchmarks/configs/` (the
