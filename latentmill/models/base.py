@@ -278,10 +278,8 @@ class Family:
         guider component, a guider set to it)."""
         return {"guidance_scale": request.guidance_scale}
 
-    def reference_generate(self, pipe, request: Request) -> np.ndarray:
-        """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
-        import numpy as np
-
+    def reference_output(self, pipe, request: Request):
+        """The plain pipeline's whole output for this row (numpy frames), with the same parameters."""
         kwargs = dict(
             prompt=request.prompt,
             negative_prompt=request.negative_prompt,
@@ -291,7 +289,13 @@ class Family:
             generator=cpu_generator(request.seed),
             output_type="np",
         )
-        output = pipe(**{**kwargs, **self.reference_guidance(pipe, request), **self.reference_kwargs(request)})
+        return pipe(**{**kwargs, **self.reference_guidance(pipe, request), **self.reference_kwargs(request)})
+
+    def reference_generate(self, pipe, request: Request) -> np.ndarray:
+        """Frames float32 in [0, 1], (F, H, W, 3), from the plain pipeline with the same parameters."""
+        import numpy as np
+
+        output = self.reference_output(pipe, request)
         frames = output.frames[0] if self.is_video else output.images[0][None]
         return np.asarray(frames, dtype=np.float32)
 

@@ -198,17 +198,7 @@ class LTX2(TemporalVAEFamily, ModularFamily):
 
     def reference_generate_with_audio(self, pipe, request: Request) -> tuple[np.ndarray, AudioTrack]:
         """Frames (F, H, W, 3) and the sound track from the plain pipeline with the same parameters."""
-        output = pipe(
-            prompt=request.prompt,
-            negative_prompt=request.negative_prompt,
-            height=request.height,
-            width=request.width,
-            num_inference_steps=request.num_inference_steps,
-            guidance_scale=request.guidance_scale,
-            generator=cpu_generator(request.seed),
-            output_type="np",
-            **self.reference_kwargs(request),
-        )
+        output = self.reference_output(pipe, request)
         track = AudioTrack(samples=output.audio[0].float().cpu().numpy(),
                            sample_rate=int(pipe.vocoder.config.output_sampling_rate))
         return np.asarray(output.frames[0], dtype=np.float32), track
