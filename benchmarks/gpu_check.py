@@ -345,17 +345,15 @@ def decode_memory(args, model: str) -> dict[str, Any]:
     """The planned decode on the GPU: the planner's fit from one row against the measured peak of a whole batch,
     and the mode a decode actor picks up front for budgets that fit the batch, one row, or less."""
     import numpy as np
-    import pyarrow as pa
     import torch
 
     from latentmill import schema
     from latentmill.actors.decode_memory import peak_memory
     from latentmill.actors.stages import stage_workers
-    from latentmill.config import DecodePeakMemory, GenerationDefaults, Limits
+    from latentmill.config import DecodePeakMemory
     from latentmill.io.hidden import HiddenOptions
     from latentmill.models import resolve_model
-    from latentmill.pipelines.validate import RowRules, resolve_defaults, validate_batch
-    from latentmill.planning.calibrate import measure_decode_memory
+    from latentmill.planning.calibrate import calibration_rows, calibration_rules, measure_decode_memory
 
     gpu = torch.cuda.is_available()
     device = "cuda" if gpu else "cpu"
@@ -366,15 +364,10 @@ def decode_memory(args, model: str) -> dict[str, Any]:
 
     ref = resolve_model(model)
     family = ref.family()
-    defaults = resolve_defaults(GenerationDefaults(height=args.height, width=args.width, num_inference_steps=args.steps,
-                                                   guidance_scale=args.guidance),
-                                family.generation_defaults(), family.extra_parameters)
-    rules = RowRules(prompt_column="prompt", id_column="id", defaults=defaults, job_seed=0,
-                     limits=Limits(max_height=1 << 16, max_width=1 << 16, max_frames=1 << 16, max_steps=1 << 16),
-                     family=family)
+    rules = calibration_rules(family, {"height": args.height, "width": args.width,
+                                       "num_inference_steps": args.steps, "guidance_scale": args.guidance})
     rows = args.batch_size // 2 or 1
-    batch = validate_batch(pa.table({"id": [f"row-{i}" for i in range(rows)], "prompt": ["a lighthouse"] * rows,
-                                     "seed": list(range(rows))}), rules)
+    batch = calibration_rows(rules, rows)
     workers = stage_workers()
     common = {"model": ref, "num_gpus": 1.0 if gpu else 0, "dtype": "bfloat16" if gpu else "float32",
               "torch_threads": 2}

@@ -11,6 +11,8 @@ import numpy as np
 from latentmill.planning.optimise import PlanError, StageCost, fit_stage_cost
 from latentmill.schema import STAGES
 
+CALIBRATION_PROMPT = "a photo of a cat sitting on a red sofa in the living room"
+
 
 
 @dataclass
@@ -65,28 +67,17 @@ def calibrate(
     import tempfile
     import time
 
-    import pyarrow as pa
-
     from latentmill import schema
     from latentmill.actors.stages import stage_workers
-    from latentmill.config import GenerationDefaults, Limits
     from latentmill.io.hidden import HiddenOptions
     from latentmill.models import resolve_model
-    from latentmill.pipelines.validate import RowRules, resolve_defaults, validate_batch
 
     model = resolve_model(model_path, storage_options)
     family = model.family()
-    defaults = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults(),
-                                family.extra_parameters)
-    rules = RowRules(prompt_column="prompt", id_column="id", defaults=defaults, job_seed=0,
-                     limits=Limits(max_height=1 << 16, max_width=1 << 16, max_frames=1 << 16, max_steps=1 << 16),
-                     family=family)
-    prompt = "a photo of a cat sitting on a red sofa in the living room"
+    rules = calibration_rules(family, generation)
 
     def rows(count: int) -> dict[str, Any]:
-        table = pa.table({"id": [f"calibration-{i}" for i in range(count)], "prompt": [prompt] * count,
-                          "seed": list(range(count))})
-        return validate_batch(table, rules)
+        return calibration_rows(rules, count)
 
     first = rows(1)
     if first[schema.ERROR_STAGE][0]:
@@ -147,9 +138,33 @@ def calibrate(
         row_bytes=row_bytes,
         load_seconds=load_seconds,
         decode_memory=decode_memory,
-        request={k: defaults[k] if k != "num_frames" or family.is_video else 1
+        request={k: rules.defaults[k] if k != "num_frames" or family.is_video else 1
                  for k in ("height", "width", "num_inference_steps", "guidance_scale", "num_frames")},
     )
+
+
+def calibration_rules(family, generation: dict[str, Any] | None):
+    """Validation rules for calibration rows: `generation` (GenerationDefaults fields) over the model's
+    defaults, and no size limits."""
+    from latentmill.config import GenerationDefaults, Limits
+    from latentmill.pipelines.validate import RowRules, resolve_defaults
+
+    defaults = resolve_defaults(GenerationDefaults(**(generation or {})), family.generation_defaults(),
+                                family.extra_parameters)
+    return RowRules(prompt_column="prompt", id_column="id", defaults=defaults, job_seed=0,
+                    limits=Limits(max_height=1 << 16, max_width=1 << 16, max_frames=1 << 16, max_steps=1 << 16),
+                    family=family)
+
+
+def calibration_rows(rules, count: int) -> dict[str, Any]:
+    """`count` validated rows of one prompt (seeds 0, 1, ...), as the stage workers receive them."""
+    import pyarrow as pa
+
+    from latentmill.pipelines.validate import validate_batch
+
+    table = pa.table({"id": [f"calibration-{i}" for i in range(count)], "prompt": [CALIBRATION_PROMPT] * count,
+                      "seed": list(range(count))})
+    return validate_batch(table, rules)
 
 
 def measure_decode_memory(worker, denoised: dict[str, Any]) -> dict[str, Any]:
