@@ -382,7 +382,7 @@ class DecodeWorker(StageWorker):
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
                  metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False,
                  memory_budget_gb: float | None = None, peak_memory: DecodePeakMemory | None = None,
-                 clip_score: ClipGateSettings | None = None) -> None:
+                 clip_score: ClipGateSettings | None = None, png_compress_level: int = 1) -> None:
         from latentmill.io import storage
 
         self.output_uri = output_uri
@@ -392,6 +392,7 @@ class DecodeWorker(StageWorker):
         self.storage_options = storage_options
         self.fs, self.root = storage.resolve(output_uri, storage_options.reveal())
         self.image_format, self.video_format = image_format, video_format
+        self.png_compress_level = png_compress_level
         self.latents_metadata = latents_metadata
         self.tiled = tiled
         self.num_gpus, self.memory_budget_gb, self.peak_memory = num_gpus, memory_budget_gb, peak_memory
@@ -565,14 +566,15 @@ class DecodeWorker(StageWorker):
                 track = None  # e.g. apng: the video alone, and the manifest says it has no sound
             data = media.encode_video(frames, float(batch[schema.FPS][row]), self.video_format,
                                       audio=None if track is None else track.samples,
-                                      sample_rate=None if track is None else track.sample_rate)
+                                      sample_rate=None if track is None else track.sample_rate,
+                                      compress_level=self.png_compress_level)
             extension, mime = media.format_info(self.video_format)
             if track is not None:
                 out[schema.AUDIO_SAMPLE_RATE][row] = track.sample_rate
                 out[schema.AUDIO_CHANNELS][row] = track.samples.shape[0]
                 out[schema.AUDIO_SECONDS][row] = track.seconds
         else:
-            data = media.encode_image(frames[0], self.image_format)
+            data = media.encode_image(frames[0], self.image_format, compress_level=self.png_compress_level)
             extension, mime = media.format_info(self.image_format)
         key = media_key(str(batch[schema.ID][row]), extension)
         uri = storage.join(self.output_uri, self.media_folder, key)

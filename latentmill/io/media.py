@@ -16,6 +16,11 @@ from fractions import Fraction
 
 import numpy as np
 
+#: zlib level of PNG and APNG files. Level 1 costs 3-8x less CPU than Pillow's default 6 on a 1024x1024
+#: picture for a file 10-20% larger (BENCHMARKS.md, "Host work per row"); PNG is lossless, so the
+#: pixels are the same at every level. In bulk rendering the encoder's CPU is what a decode actor spends most.
+PNG_COMPRESS_LEVEL = 1
+
 __all__ = [
     "IMAGE_FORMATS",
     "VIDEO_FORMATS",
@@ -105,8 +110,10 @@ def to_uint8(frames: np.ndarray) -> np.ndarray:
         raise ValueError(f"frames must be a float array with values in [0, 1], got {frames.dtype}")
     if frames.size and np.isnan(frames).any():
         raise ValueError("frames contain NaN (the pipeline produced invalid output)")
-    x = np.clip(frames, 0.0, 1.0)
-    return (x * 255).round().astype("uint8")
+    x = np.clip(frames, 0.0, 1.0)  # a new array: scaled and rounded in place, one copy instead of three
+    x *= 255
+    np.rint(x, out=x)  # what ndarray.round() does with no decimals
+    return x.astype("uint8")
 
 
 def keyframe_indices(frame_count: int, most: int = 4) -> list[int]:
@@ -120,10 +127,11 @@ def keyframe_indices(frame_count: int, most: int = 4) -> list[int]:
 # --------------------------------------------------------------------------------------------
 
 
-def encode_image(frame: np.ndarray, fmt: str = "png", quality: int = 95) -> bytes:
+def encode_image(frame: np.ndarray, fmt: str = "png", quality: int = 95,
+                 compress_level: int = PNG_COMPRESS_LEVEL) -> bytes:
     """Encode an ``(H, W, 3)`` uint8 RGB frame as PNG (lossless), JPEG or WebP (lossy).
 
-    ``quality`` (1-100) applies to JPEG and WebP.
+    ``quality`` (1-100) applies to JPEG and WebP, ``compress_level`` (0-9) to PNG.
     """
     from PIL import Image
 
@@ -132,11 +140,12 @@ def encode_image(frame: np.ndarray, fmt: str = "png", quality: int = 95) -> byte
         raise ValueError(f"unknown image format {fmt!r}; expected one of {sorted(IMAGE_FORMATS)}")
     if isinstance(quality, bool) or not isinstance(quality, int) or not 1 <= quality <= 100:
         raise ValueError(f"quality must be an int in 1..100, got {quality!r}")
+    _check_compress_level(compress_level)
     arr = _check_uint8(frame, 3, "frame")
     img = Image.fromarray(arr)  # (H, W, 3) uint8 -> RGB
     buf = io.BytesIO()
     if f == "png":
-        img.save(buf, format="PNG", compress_level=6)
+        img.save(buf, format="PNG", compress_level=compress_level)
     elif f == "jpeg":
         img.save(buf, format="JPEG", quality=quality)
     else:
@@ -176,6 +185,7 @@ def encode_video(
     preset: str = "medium",
     audio: np.ndarray | None = None,
     sample_rate: int | None = None,
+    compress_level: int = PNG_COMPRESS_LEVEL,
 ) -> bytes:
     """Encode ``(F, H, W, 3)`` uint8 RGB frames as a video.
 
@@ -192,7 +202,7 @@ def encode_video(
     replicating the last row/column, so the decoded video is then 1 px larger in that
     dimension (diffusers models produce multiples of 8, so this is rare).
 
-    ``apng``: lossless animated PNG via Pillow, frame duration ``1000 / fps`` ms; decodes
+    ``apng``: lossless animated PNG via Pillow (zlib level ``compress_level``), frame duration ``1000 / fps`` ms; decodes
     pixel-exactly with ``decode_video``. Consecutive identical frames are kept (Pillow would
     otherwise merge them).
     """
@@ -204,7 +214,8 @@ def encode_video(
     if f == "apng":
         if audio is not None:
             raise ValueError("apng cannot carry sound; encode the video as mp4 to keep its audio")
-        return _encode_apng(arr, rate)
+        _check_compress_level(compress_level)
+        return _encode_apng(arr, rate, compress_level)
     if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
         raise ValueError(f"crf must be an int in 0..51, got {crf!r}")
     if audio is not None:
@@ -276,7 +287,12 @@ def _aac_stream(container, audio: np.ndarray, sample_rate: int):
     return stream, frame
 
 
-def _encode_apng(arr: np.ndarray, rate: Fraction) -> bytes:
+def _check_compress_level(level: object) -> None:
+    if isinstance(level, bool) or not isinstance(level, int) or not 0 <= level <= 9:
+        raise ValueError(f"compress_level must be an int in 0..9, got {level!r}")
+
+
+def _encode_apng(arr: np.ndarray, rate: Fraction, compress_level: int) -> bytes:
     from PIL import Image, PngImagePlugin
 
     images = [Image.fromarray(frame) for frame in arr]
@@ -301,7 +317,7 @@ def _encode_apng(arr: np.ndarray, rate: Fraction) -> bytes:
         loop=0,
         disposal=PngImagePlugin.Disposal.OP_NONE,
         blend=blend,
-        compress_level=6,
+        compress_level=compress_level,
     )
     return buf.getvalue()
 

@@ -110,6 +110,7 @@ def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_o
         "output_uri": config.output.uri,
         "storage_options": HiddenOptions(storage_options),
         "image_format": config.output.image_format,
+        "png_compress_level": config.output.png_compress_level,
         "video_format": config.output.video_format,
         "latents_metadata": metadata,
         "tiled": tiled,

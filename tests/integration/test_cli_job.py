@@ -23,17 +23,23 @@ stages:
 """
 
 
-def run_cli(args: list[str], tmp_path) -> subprocess.CompletedProcess:
+def run_cli(args: list[str], tmp_path, job_yaml: str = "") -> subprocess.CompletedProcess:
     """The installed CLI in a fresh process, attached to the test session's Ray instance."""
     import ray
 
     job_file = tmp_path / "job.yaml"
-    job_file.write_text(SMALL_POOLS)
+    job_file.write_text(SMALL_POOLS + job_yaml)
     env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
     return subprocess.run(
         [sys.executable, "-m", "latentmill.jobs.cli", "run", "--no-progress", "--config", str(job_file), *args],
         capture_output=True, text=True, env=env, timeout=600,
     )
+
+
+def png_zlib_level(data: bytes) -> str:
+    """The compression level a PNG's zlib stream declares (its header's FLEVEL bits, RFC 1950)."""
+    idat = data.index(b"IDAT") + 4
+    return ["fastest", "fast", "default", "maximum"][data[idat + 1] >> 6]
 
 
 @pytest.mark.slow
@@ -44,7 +50,9 @@ def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = pq.read_table(out / "manifest").to_pylist()
     assert len(manifest) == 64 and len({row[schema.ID] for row in manifest}) == 64
-    assert len(list((out / "media").iterdir())) == 64
+    media = sorted((out / "media").iterdir())
+    assert len(media) == 64
+    assert {png_zlib_level(path.read_bytes()) for path in media} == {"fastest"}  # output.png_compress_level: 1
     prompts = pq.read_table(PARTI_PROMPTS_64).column("Prompt").to_pylist()[:64]
     assert sorted(row[schema.PROMPT] for row in manifest) == sorted(prompts)
     assert re.search(r"outputs written\s+64\n", result.stdout) and re.search(r"rows failed\s+0\n", result.stdout)
@@ -66,10 +74,11 @@ def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path):
     ]
     table = write_table(tmp_path / "bad.parquet", rows)
     out = tmp_path / "out"
-    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path)
+    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path, "output: {png_compress_level: 9}\n")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (8, 2, 6)
+    assert {png_zlib_level(path.read_bytes()) for path in (out / "media").iterdir()} == {"maximum"}
     assert summary["failed_by_stage"] == {"validate": 6}
     errors = pq.read_table(out / "errors").to_pylist()
     messages = sorted(e[schema.ERROR_MESSAGE] for e in errors)

@@ -43,6 +43,7 @@ def config(section: str, values: dict):
         ("stages", {"denoise": {"torch_threads": 0}}, "stages.denoise.torch_threads", "greater than or equal to 1"),
         ("output", {"manifest_flush_seconds": 0}, "output.manifest_flush_seconds", "greater than 0"),
         ("output", {"manifest_flush_seconds": INF}, "output.manifest_flush_seconds", "must be a finite number"),
+        ("output", {"png_compress_level": 10}, "output.png_compress_level", "less than or equal to 9"),
         ("defaults", {"guidance_scale": INF}, "defaults.guidance_scale", "must be a finite number"),
         ("defaults", {"fps": INF}, "defaults.fps", "must be a finite number"),
         ("defaults", {"seed": 2**63}, "defaults.seed", "less than 9223372036854775808"),

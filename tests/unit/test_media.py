@@ -241,3 +241,14 @@ def test_to_uint8_validates_input():
         media.to_uint8(np.array([0.1, np.nan], np.float32))
     with pytest.raises(ValueError):
         media.to_uint8([0.1, 0.2])  # type: ignore[arg-type]
+
+
+def test_png_compress_level_changes_size_and_cost_but_not_pixels():
+    frame = gradient_frames(1, 96, 96)[0]
+    fast, small = media.encode_image(frame, "png", compress_level=1), media.encode_image(frame, "png", compress_level=9)
+    assert len(small) < len(fast)
+    assert np.array_equal(media.decode_image(fast), frame) and np.array_equal(media.decode_image(small), frame)
+    video = gradient_frames(3, 32, 32)
+    assert np.array_equal(media.decode_video(media.encode_video(video, fps=8, fmt="apng", compress_level=0)), video)
+    with pytest.raises(ValueError, match="compress_level"):
+        media.encode_image(frame, "png", compress_level=10)
