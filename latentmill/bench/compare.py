@@ -48,16 +48,20 @@ def base_prompts() -> list[str]:
     return list(FALLBACK_PROMPTS)
 
 
-def make_prompt_table(path: Path, rows: int, row_group_size: int | None = None) -> Path:
-    """`rows` prompts with ids row-000000..., cycled from examples/prompts.parquet."""
+def make_prompt_table(path: Path, rows: int, row_group_size: int | None = None, size: int | None = None) -> Path:
+    """`rows` prompts with ids row-000000..., cycled from examples/prompts.parquet; `size`: every row's
+    height and width (else the model's defaults)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     prompts = base_prompts()
-    table = pa.table({
+    columns = {
         "id": [f"row-{i:07d}" for i in range(rows)],
         "prompt": [prompts[i % len(prompts)] for i in range(rows)],
-    })
+    }
+    if size is not None:
+        columns["height"] = columns["width"] = pa.array([size] * rows, pa.int64())
+    table = pa.table(columns)
     path.parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, path, row_group_size=row_group_size)
     return path

@@ -1,9 +1,11 @@
 """`latentmill bench driver-memory`: the driver's peak RSS while streaming a large prompt table.
 
 Runs `latentmill run` in a subprocess on a simulated model whose times are shrunk (`@SCALE`: the point
-is the driver's memory, not speed; the tensors keep their real sizes) and samples that process's RSS
-with psutil every 0.2 s; the peak RSS of Ray's worker processes by type (the id ledger's shards, the
-validation tasks, the stage actors) is sampled alongside.
+is the driver's memory, not speed; the prompt embeddings keep their real size) and samples that
+process's RSS with psutil every 0.2 s; the peak RSS of Ray's worker processes by type (the id ledger's
+shards, the validation tasks, the stage actors) is sampled alongside. Rows ask for small pictures
+(`--size`, 64x64) and each run's media is deleted after it: a million real-size PNGs would cost hours
+of encoding and hundreds of GB, and neither touches the driver.
 """
 
 from __future__ import annotations
@@ -25,12 +27,13 @@ from latentmill.bench.compare import machine_description, make_prompt_table
 log = logging.getLogger(__name__)
 
 
-def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]:
+def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -> dict[str, Any]:
     import psutil
 
     from latentmill.bench.monitor import ProcessMonitor
 
-    table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows, row_group_size=10_000)
+    table = make_prompt_table(out / "inputs" / f"prompts-{rows}-{size}px.parquet", rows, row_group_size=10_000,
+                              size=size)
     output = out / "runs" / f"driver-memory-{rows}"
     if output.exists():
         shutil.rmtree(output)
@@ -69,11 +72,13 @@ def measure(rows: int, model: str, batch_size: int, out: Path) -> dict[str, Any]
     if code != 0:
         raise RuntimeError(f"latentmill run failed with exit code {code}; see {log_file}")
     summary = json.loads((output / "summary.json").read_text())
+    shutil.rmtree(output / "media", ignore_errors=True)
     step = max(1, len(series) // 200)
     return {
         "rows": rows,
         "model": model,
         "batch_size": batch_size,
+        "size": size,
         "peak_rss_mb": peak / 2**20,
         "rss_at_end_mb": series[-1][1] if series else None,
         "wall_seconds": wall,
@@ -94,7 +99,7 @@ def run_driver_memory(args) -> dict[str, Any]:
     sizes = [int(r) for r in str(args.rows).split(",") if r.strip()]
     points = []
     for rows in sizes:
-        points.append(measure(rows, args.model, args.batch_size, out))
+        points.append(measure(rows, args.model, args.batch_size, out, args.size))
         log.info("bench driver-memory: %d rows: peak driver RSS %.0f MiB in %.0f s",
                  rows, points[-1]["peak_rss_mb"], points[-1]["wall_seconds"])
         _write(out, points, args)
@@ -106,7 +111,8 @@ def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
     if len(points) >= 2:
         growth = ar.growth(points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"])
     report = {
-        "command": f"latentmill bench driver-memory --rows {args.rows} --model {args.model} --batch-size {args.batch_size}",
+        "command": (f"latentmill bench driver-memory --rows {args.rows} --model {args.model} "
+                    f"--batch-size {args.batch_size} --size {args.size}"),
         "machine": machine_description(),
         "points": points,
         "growth_first_to_last": growth,

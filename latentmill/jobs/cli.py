@@ -282,6 +282,8 @@ def _bench_parser(subparsers) -> None:
     rss.add_argument("--model", default="builtin:sim-sd15-50@0.002",
                      help="a simulated model with shrunk times (default builtin:sim-sd15-50@0.002)")
     rss.add_argument("--batch-size", type=int, default=64, help="batch size of every stage (default 64)")
+    rss.add_argument("--size", type=int, default=64,
+                     help="height and width of every row's picture (default 64; media is deleted after each run)")
     rss.add_argument("--out", type=Path, default=Path("bench-results"),
                      help="folder for driver-memory.json and .md (default bench-results)")
 
