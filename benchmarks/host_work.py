@@ -7,7 +7,8 @@ Runs the job's own three stage workers in this process on a simulated model whos
 nothing, and feeds them the way a Ray Data map actor does: each batch is cut from an Arrow block,
 converted to numpy, passed through the worker, and converted back to an Arrow block. So the figures are
 the stage code's own host work per row (unpacking embeddings, copying latents, the frames' uint8
-conversion, media encoding, hashing, the write), without Ray's transport. Then it measures the CPU an
+conversion, media encoding, hashing, the write), without Ray's transport. It times PNG encoding at
+several zlib levels on two 1024x1024 pictures. Then it measures the CPU an
 idle Ray actor process burns per second (Ray's own threads): in a real run each stage actor pays that
 on top, per second of wall time rather than per row.
 """
@@ -59,6 +60,27 @@ def stage_cpu_per_row(model: str, rows: int, batch_size: int, png_compress_level
     return cpu
 
 
+def png_levels(size: int = 1024, levels: tuple[int, ...] = (1, 3, 6, 9)) -> list[tuple[str, int, float, float]]:
+    """CPU ms and MB per PNG at each zlib level, on a grainy picture (the simulated decoder's texture, like
+    a photograph) and a smooth one (flat regions and gradients, like much generated art)."""
+    import numpy as np
+
+    from latentmill.io import media
+
+    y = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
+    x = np.linspace(0, 1, size, dtype=np.float32)[None, :, None]
+    base = (0.5 * y + 0.3 * x + 0.2 * np.sin(20 * x * y + np.arange(3, dtype=np.float32))) % 1
+    grain = np.random.default_rng(0).random((size, size, 3), dtype=np.float32)
+    figures = []
+    for name, amount in (("grainy", 0.08), ("smooth", 0.02)):
+        frame = media.to_uint8(np.clip(base + amount * grain, 0, 1))
+        for level in levels:
+            started = time.process_time()
+            data = b"".join(media.encode_image(frame, "png", compress_level=level) for _ in range(3))
+            figures.append((name, level, 1000 * (time.process_time() - started) / 3, len(data) / 3 / 1e6))
+    return figures
+
+
 def idle_actor_cpu(seconds: float) -> float:
     """CPU milliseconds per second of an actor that does nothing (Ray's own threads in its process)."""
     import os
@@ -94,13 +116,18 @@ def main() -> int:
     parser.add_argument("--idle-seconds", type=float, default=20.0)
     args = parser.parse_args()
     cpu = stage_cpu_per_row(args.model, args.rows, args.batch_size, args.png_compress_level)
+    levels = png_levels()
     idle = idle_actor_cpu(args.idle_seconds)
     print(f"model {args.model}, {args.rows} rows, batch {args.batch_size}, png_compress_level {args.png_compress_level}")
     print("| stage | host CPU ms per row |")
     print("|---|---|")
     for stage, ms in cpu.items():
         print(f"| {stage} | {ms:.1f} |")
-    print(f"idle Ray actor: {idle:.1f} ms of CPU per second")
+    print("\n| 1024x1024 picture | PNG zlib level | CPU ms | MB |")
+    print("|---|---|---|---|")
+    for name, level, ms, mb in levels:
+        print(f"| {name} | {level} | {ms:.0f} | {mb:.2f} |")
+    print(f"\nidle Ray actor: {idle:.1f} ms of CPU per second")
     return 0
 
 
