@@ -400,8 +400,9 @@ class DecodeSettings(_Strict):
 class ClipScoreSettings(_Strict):
     """The CLIP-score gate: how well a sample's decoded frames match its prompt (models.clip_score)."""
 
-    model: str = Field(description="Folder or URI (s3://...) of a transformers CLIP model: a CLIPModel and its "
-                       "CLIPProcessor saved with save_pretrained.")
+    model: str = Field(description="Folder or URI (s3://...) of a CLIP model: a transformers CLIPModel and its "
+                       "CLIPProcessor saved with save_pretrained, or a diffusers pipeline's CLIP (subfolders "
+                       "text_encoder, image_encoder, tokenizer, and feature_extractor or image_processor).")
     min: float | None = Field(None, description="Regenerate a sample scoring below this (100 x cosine "
                               "similarity); null only records each sample's score in the clip_score column.")
 

@@ -60,6 +60,11 @@ STAGE_DENOISE = "denoise"
 STAGE_DECODE = "decode"
 STAGES = (STAGE_ENCODE, STAGE_DENOISE, STAGE_DECODE)  # the model stages, in order: one actor pool each
 
+# What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
+QUALITY_REJECTIONS = {"reject_nonfinite": (STAGE_DENOISE, "FloatingPointError"),
+                      "reject_blank": (STAGE_DECODE, "BlankImage"),
+                      "clip_score": (STAGE_DECODE, "LowClipScore")}
+
 # The one tensor column the generic code names: the denoiser's output. The conditioning columns between
 # encode and denoise are named by the model (its text encoder's outputs), any number of them.
 LATENTS = "latents"
@@ -67,6 +72,10 @@ DENOISE_2 = "denoise_2"  # the second denoise pool of a model with two experts (
 # From the first to the second denoise pool: a row's latents and scheduler state at the experts' boundary.
 DENOISE_HANDOVER = "denoise_handover"
 INITIAL_NOISE = "initial_noise"  # optional: a row's own initial noise (interpolation), packed like conditioning
+# True where a row still carries its conditioning columns past the denoise stage: a sample the quality gate
+# rejected, whose next attempt then skips the encode stage (see pipelines.plan.conditioning_forwarding).
+# Elsewhere those columns are empty (b""), so every batch has the same columns and types.
+CONDITIONING_KEPT = "conditioning_kept"
 
 
 def seconds_column(stage: str) -> str:

@@ -145,6 +145,20 @@ def _copy_without(batch: dict[str, np.ndarray], drop: tuple[str, ...]) -> dict[s
     return out
 
 
+def keep_conditioning(out: dict[str, np.ndarray], columns: tuple[str, ...], keep: Callable[[int], bool]) -> None:
+    """Leave the conditioning columns filled only on the rows `keep` selects (the rest get b"") and mark those
+    rows in `conditioning_kept`: a quality gate's rejected rows carry them to their next attempt."""
+    size = len(out[schema.ID])
+    kept = np.zeros(size, dtype=bool)
+    for row in range(size):
+        kept[row] = keep(row)
+    for name in columns:
+        values = np.array(out[name], dtype=object, copy=True)
+        values[~kept] = b""
+        out[name] = values
+    out[schema.CONDITIONING_KEPT] = kept
+
+
 def _requests(family, batch: dict[str, np.ndarray], rows: list[int]) -> list[Request]:
     extra_names = tuple(family.extra_parameters)
     return [request_at(batch, i, extra_names) for i in rows]
@@ -286,17 +300,24 @@ class TextEncodeWorker(StageWorker):
 class DenoiseWorker(StageWorker):
     """Pool B: denoiser + scheduler. Conditioning + per-row seed -> final latents.
 
-    Takes each conditioning column the model declares, and drops it from the rows it passes on. With
+    Takes each conditioning column the model declares, and drops it from the rows it passes on, unless
+    `forward_conditioning` says otherwise (a quality gate without an embedding cache; see
+    pipelines.plan.conditioning_forwarding): "rejected" keeps it on the rows this stage rejects for
+    non-finite latents, "all" on every row that leaves healthy too (the decode stage's gates decide). With
     `expert` set, the model's denoising is split over two pools (stages.denoise_2): expert 0's pool runs
     the first steps and passes the conditioning on with each row's handover (latents and scheduler
     state); expert 1's pool runs the rest from there and adds its time to the row's denoise seconds.
     """
 
     stage = schema.STAGE_DENOISE
+    forward_conditioning: str | None = None
 
-    def __init__(self, *args, options: DenoiseOptions | None = None, expert: int | None = None, **kwargs) -> None:
+    def __init__(self, *args, options: DenoiseOptions | None = None, expert: int | None = None,
+                 forward_conditioning: str | None = None, **kwargs) -> None:
         self.options = options or DenoiseOptions()
         self.expert = expert
+        # (the first expert's pool passes every row's conditioning on to the second's anyway)
+        self.forward_conditioning = forward_conditioning if expert != 0 else None
         super().__init__(*args, **kwargs)
 
     def load(self) -> None:
@@ -325,7 +346,8 @@ class DenoiseWorker(StageWorker):
             out[schema.seconds_column(self.stage)] = np.zeros(size)
             out[schema.DENOISE_HANDOVER] = np.full(size, b"", dtype=object)
             return out
-        out = _copy_without(batch, (*self.columns, schema.INITIAL_NOISE, schema.DENOISE_HANDOVER))
+        forwarded = () if self.forward_conditioning else self.columns
+        out = _copy_without(batch, (*forwarded, schema.INITIAL_NOISE, schema.DENOISE_HANDOVER))
         if self.expert is None:
             out[schema.seconds_column(self.stage)] = np.zeros(size)
         for name in self.latent_columns:
@@ -336,6 +358,14 @@ class DenoiseWorker(StageWorker):
         if self.expert != 0:
             for name in self.latent_columns:
                 out[name] = _latents_column(out[name])
+        if self.forward_conditioning:
+            def keep(row: int) -> bool:
+                stage, error = out[schema.ERROR_STAGE][row], out[schema.ERROR_TYPE][row]
+                if stage == self.stage and error == FloatingPointError.__name__:
+                    return True  # rejected here (non-finite latents): the next attempt needs its conditioning
+                return self.forward_conditioning == "all" and not stage
+
+            keep_conditioning(out, self.columns, keep)
         return out
 
     def process(self, batch, out, rows):
@@ -373,18 +403,25 @@ class DecodeWorker(StageWorker):
     With `latents_metadata` set (output.save_latents), each row's latents are also saved as a
     safetensors object next to its media. Rows without a `latents` column (a decode job) read their
     latents from the object their `latents_uri` names.
+
+    Rows that arrive with their conditioning (see DenoiseWorker) leave with it only when their error is one
+    of `keep_conditioning_for` ((stage, error type) pairs: the quality gate's rejections); every other row's
+    is emptied here, so the driver holds the conditioning of rejected rows only.
     """
 
     stage = schema.STAGE_DECODE
+    keep_conditioning_for: frozenset[tuple[str, str]] = frozenset()
 
     def __init__(self, model: ModelRef, num_gpus: float, dtype: str, torch_threads: int,
                  output_uri: str, storage_options: HiddenOptions, image_format: str, video_format: str,
                  latents_metadata: dict[str, Any] | None = None, tiled: bool = False,
                  metrics_job: str = DEFAULT_JOB, media_folder: str = "media", reject_blank: bool = False,
                  memory_budget_gb: float | None = None, peak_memory: DecodePeakMemory | None = None,
-                 clip_score: ClipGateSettings | None = None, png_compress_level: int = 1) -> None:
+                 clip_score: ClipGateSettings | None = None, png_compress_level: int = 1,
+                 keep_conditioning_for: tuple[tuple[str, str], ...] = ()) -> None:
         from latentmill.io import storage
 
+        self.keep_conditioning_for = frozenset(tuple(pair) for pair in keep_conditioning_for)
         self.output_uri = output_uri
         self.media_folder = media_folder  # the output store's (io.outputs.media_folder)
         self.reject_blank = reject_blank
@@ -518,6 +555,13 @@ class DecodeWorker(StageWorker):
             if self.latents_metadata is not None:
                 self._save_latents(out, row, latents[position], request,
                                    {name: values[position] for name, values in extra.items()})
+
+    def finish(self, out):
+        if schema.CONDITIONING_KEPT in out:
+            columns = tuple(name for name in self.family.conditioning_columns() if name in out)
+            keep_conditioning(out, columns, lambda row: bool(out[schema.CONDITIONING_KEPT][row]) and (
+                out[schema.ERROR_STAGE][row], out[schema.ERROR_TYPE][row]) in self.keep_conditioning_for)
+        return out
 
     def _planned_mode(self, latents: np.ndarray) -> str:
         """full, sliced or tiled for this batch, from the decode's measured peak memory and the actor's budget."""

@@ -13,11 +13,11 @@ A sample counts as done only once committed, so a crash at any point loses work 
   {bytes, path} struct column (what Hugging Face `datasets` reads as an Image), with NNNNN_stats.json.
 
 A shard is assembled on the driver from the media the decode actors staged under staging/, and written
-as whole objects: the data file (a tar is streamed through a local temporary file and uploaded from it,
-as a multipart upload when large; a parquet shard is built in memory), its stats, then the sidecar
-Parquet last. The sidecar is the
-commit marker: a shard without one was never committed, and resume deletes it and the staged media,
-so those samples are generated again (into a new shard).
+as whole objects: the data file (streamed through a local temporary file, a tar member by member and a
+parquet shard row group by row group, and uploaded from it, as a multipart upload when large), its
+stats, then the sidecar Parquet last (a parquet shard is its own sidecar, written after its stats). The
+sidecar is the commit marker: a shard without one was never committed, and resume deletes it and the
+staged media, so those samples are generated again (into a new shard).
 """
 
 from __future__ import annotations
@@ -226,22 +226,29 @@ class ShardStore(OutputStore):
         rows = [{**row, schema.SHARD_KEY: shard_key(row[schema.ID]), schema.OUTPUT_URI: storage.join(self.uri, SHARDS, data_name)}
                 for row in rows]
         table = pa.Table.from_pylist(rows).select(list(self.columns))
-        if self.layout == "webdataset":
-            media_bytes = self._put_tar(storage.join(folder, data_name), rows, staged)
-        else:
-            media = [data for chunk in self._read_staged(staged) for data in chunk]
-            media_bytes = sum(map(len, media))
-            table = _with_media_column(table, rows, media, image=rows[0][schema.MIME_TYPE] in STILL_IMAGES)
-        stats = {"shard": name, "layout": self.layout, "samples": len(rows), "media_bytes": media_bytes,
-                 "near_duplicate_pairs": count_pairs([row.get(schema.PHASH) for row in rows],
-                                                     self.near_duplicate_distance),
-                 "near_duplicate_distance": self.near_duplicate_distance, "run_id": self.run_id}
-        storage.put_bytes(self.fs, storage.join(folder, f"{name}_stats.json"), json.dumps(stats, indent=2).encode())
-        storage.put_bytes(self.fs, storage.join(folder, f"{name}.parquet"), _parquet_bytes(table))  # the commit
+        # The data file is written into a local temporary file, a few staged objects at a time, and uploaded
+        # from there (a multipart upload when large): a shard of any size never sits in the driver's memory.
+        with tempfile.TemporaryDirectory(prefix="latentmill-shard-") as scratch:
+            local = os.path.join(scratch, data_name)
+            if self.layout == "webdataset":
+                media_bytes = self._write_tar(local, rows, staged)
+                storage.put_file(self.fs, local, storage.join(folder, data_name))
+            else:
+                media_bytes = self._write_parquet(local, table, rows, staged)
+            stats = {"shard": name, "layout": self.layout, "samples": len(rows), "media_bytes": media_bytes,
+                     "near_duplicate_pairs": count_pairs([row.get(schema.PHASH) for row in rows],
+                                                         self.near_duplicate_distance),
+                     "near_duplicate_distance": self.near_duplicate_distance, "run_id": self.run_id}
+            storage.put_bytes(self.fs, storage.join(folder, f"{name}_stats.json"),
+                              json.dumps(stats, indent=2).encode())
+            # The commit: the sidecar (webdataset), or the shard itself (parquet).
+            if self.layout == "webdataset":
+                storage.put_bytes(self.fs, storage.join(folder, f"{name}.parquet"), _parquet_bytes(table))
+            else:
+                storage.put_file(self.fs, local, storage.join(folder, data_name))
         self.next_shard += 1
         for path in staged:
             self.fs.rm_file(path)
-
 
     def _read_staged(self, staged: list[str]):
         """The staged media, READ_AHEAD objects at a time (read in parallel, in order)."""
@@ -249,21 +256,37 @@ class ShardStore(OutputStore):
             for start in range(0, len(staged), READ_AHEAD):
                 yield list(pool.map(lambda path: storage.read_bytes(self.fs, path), staged[start:start + READ_AHEAD]))
 
-    def _put_tar(self, path: str, rows: list[dict[str, Any]], staged: list[str]) -> int:
-        """Write a WebDataset shard to `path` and return its media bytes. The tar is streamed into a local
-        temporary file, a few staged objects at a time, and uploaded from there (a multipart upload when
-        large), so a shard of any size never sits in the driver's memory."""
+    def _write_tar(self, local: str, rows: list[dict[str, Any]], staged: list[str]) -> int:
+        """Write a WebDataset shard to the local file `local`; returns its media bytes."""
         media_bytes = 0
-        with tempfile.TemporaryDirectory(prefix="latentmill-shard-") as folder:
-            local = os.path.join(folder, path.rsplit("/", 1)[-1])
-            with open(local, "wb") as file, tarfile.open(fileobj=file, mode="w", format=tarfile.PAX_FORMAT) as tar:
-                position = 0
-                for chunk in self._read_staged(staged):
-                    for data in chunk:
-                        _add_sample(tar, rows[position], data)
-                        media_bytes += len(data)
-                        position += 1
-            storage.put_file(self.fs, local, path)
+        with open(local, "wb") as file, tarfile.open(fileobj=file, mode="w", format=tarfile.PAX_FORMAT) as tar:
+            position = 0
+            for chunk in self._read_staged(staged):
+                for data in chunk:
+                    _add_sample(tar, rows[position], data)
+                    media_bytes += len(data)
+                    position += 1
+        return media_bytes
+
+    def _write_parquet(self, local: str, table, rows: list[dict[str, Any]], staged: list[str]) -> int:
+        """Write a parquet shard to the local file `local`, one row group per READ_AHEAD samples (their
+        manifest rows and media); returns its media bytes."""
+        import pyarrow.parquet as pq
+
+        image = rows[0][schema.MIME_TYPE] in STILL_IMAGES
+        media_bytes, position, writer = 0, 0, None
+        try:
+            for chunk in self._read_staged(staged):
+                end = position + len(chunk)
+                group = _with_media_column(table.slice(position, len(chunk)), rows[position:end], chunk, image)
+                if writer is None:  # every group has this schema (and the `datasets` metadata)
+                    writer = pq.ParquetWriter(local, group.schema)
+                writer.write_table(group)
+                media_bytes += sum(map(len, chunk))
+                position = end
+        finally:
+            if writer is not None:
+                writer.close()
         return media_bytes
 
 

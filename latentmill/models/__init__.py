@@ -67,9 +67,10 @@ class ModelRef:
         return families()[self.pipeline_class](local)
 
 
-def materialize(path: str, storage_options: dict | None = None, marker: str = "model_index.json") -> Path:
+def materialize(path: str, storage_options: dict | None = None,
+                marker: str | tuple[str, ...] = "model_index.json") -> Path:
     """A local folder holding the checkpoint: built-in ones are built on first use, URIs are copied (a copy
-    counts as complete when it has `marker`, the file the checkpoint is recognised by)."""
+    counts as complete when it has `marker`, the file the checkpoint is recognised by, or one of them)."""
     if path.startswith(BUILTIN_PREFIX):
         name = path[len(BUILTIN_PREFIX):]
         if name.startswith("sim-"):
@@ -85,11 +86,11 @@ def materialize(path: str, storage_options: dict | None = None, marker: str = "m
     return Path(path.removeprefix("file://")).expanduser()
 
 
-def _download(uri: str, storage_options: dict, marker: str = "model_index.json") -> Path:
+def _download(uri: str, storage_options: dict, marker: str | tuple[str, ...] = "model_index.json") -> Path:
     import fsspec
 
     target = cache_root() / "remote" / hashlib.sha256(uri.encode()).hexdigest()[:24]
-    if (target / marker).exists():
+    if any((target / name).exists() for name in ((marker,) if isinstance(marker, str) else marker)):
         return target
     partial = target.with_name(f"{target.name}.partial-{os.getpid()}")
     try:

@@ -109,12 +109,6 @@ def job_fingerprint(config: JobConfig, model_hash: str) -> str:
     return hashlib.sha256(json.dumps(decisive, sort_keys=True).encode()).hexdigest()[:16]
 
 
-# What each quality gate check rejects: the stage and error type of the row it would otherwise fail.
-REJECTIONS = {"reject_nonfinite": (schema.STAGE_DENOISE, "FloatingPointError"),
-              "reject_blank": (schema.STAGE_DECODE, "BlankImage"),
-              "clip_score": (schema.STAGE_DECODE, "LowClipScore")}
-
-
 class ResultWriter:
     """Accounts for every result row: outputs go to the output store (its layout decides how), error rows
     to Parquet parts under errors/, and rows the quality gate rejects to `retries` (their next attempt)."""
@@ -122,16 +116,18 @@ class ResultWriter:
     def __init__(self, output_uri: str, storage_options: dict[str, Any], run_id: str, rows_per_part: int,
                  flush_seconds: float, static: dict[str, Any], extra_names: tuple[str, ...] = (),
                  latents: bool = False, more_columns: tuple[str, ...] = (), layout: str = "files",
-                 shard_size: int = 1000, quality: QualitySettings | None = None, audio: bool = False) -> None:
+                 shard_size: int = 1000, quality: QualitySettings | None = None, audio: bool = False,
+                 conditioning: tuple[str, ...] = ()) -> None:
         from latentmill.io import storage
         from latentmill.io.outputs import ParquetParts, open_store
 
         self.fs, self.root = storage.resolve(output_uri, storage_options)
         self.run_id, self.static = run_id, static
         quality = quality or QualitySettings(reject_nonfinite=False)  # None: no gate (decode, interpolate jobs)
-        self.rejected = {REJECTIONS[check]: check for check in quality.checks()}
+        self.rejected = {schema.QUALITY_REJECTIONS[check]: check for check in quality.checks()}
         self.max_attempts = quality.max_attempts
         self.retries: list[dict[str, Any]] = []
+        self.conditioning = conditioning  # the model's conditioning columns, which a rejected row may carry
         self.request_columns = (*schema.REQUEST_COLUMNS, *extra_names, schema.SAMPLE_INDEX, schema.INPUT_ROW,
                                 schema.ATTEMPT, *more_columns)
         columns = (*schema.manifest_columns(extra_names, latents, audio), *more_columns,
@@ -148,14 +144,14 @@ class ResultWriter:
         outputs, errors = [], []
         for index in range(len(batch[schema.ID])):
             stage = batch[schema.ERROR_STAGE][index]
+            if schema.ENCODED in batch and batch[schema.ENCODED][index]:
+                summary.prompts_encoded += 1  # the encoder's work, also for an attempt the gate rejects
             if self._rejected(batch, index):
                 self.retries.append(self._next_attempt(batch, index))
                 continue  # accounted for when its next attempt comes back
             if batch[schema.SAMPLE_INDEX][index] == 0:
                 summary.rows_read += 1
             summary.requests += 1
-            if schema.ENCODED in batch and batch[schema.ENCODED][index]:
-                summary.prompts_encoded += 1
             if stage == schema.ALREADY_DONE:
                 summary.already_done += 1
             elif stage:
@@ -203,8 +199,16 @@ class ResultWriter:
         row = {name: _plain(batch[name][index]) for name in self.request_columns if name in batch}
         row[schema.ATTEMPT] += 1
         row[schema.SEED] = derived_seed(row[schema.SEED], row[schema.ID])
-        row.update({schema.PROMPT_TRUNCATED: False, schema.ERROR_STAGE: "", schema.ERROR_TYPE: "",
-                    schema.ERROR_MESSAGE: ""})
+        row.update({schema.ERROR_STAGE: "", schema.ERROR_TYPE: "", schema.ERROR_MESSAGE: ""})
+        if schema.CONDITIONING_KEPT in batch and batch[schema.CONDITIONING_KEPT][index]:
+            # Its conditioning came along (pipelines.plan.conditioning_forwarding): the next attempt goes
+            # to the denoise and decode pools only, and its encode columns say no encoding ran for it.
+            row.update({name: batch[name][index] for name in self.conditioning})
+            row.update({schema.CONDITIONING_KEPT: True, schema.EMBEDDINGS_CACHED: False, schema.ENCODED: False,
+                        schema.PROMPT_TRUNCATED: bool(batch[schema.PROMPT_TRUNCATED][index]),
+                        schema.seconds_column(schema.STAGE_ENCODE): 0.0})
+        else:
+            row[schema.PROMPT_TRUNCATED] = False  # the encode stage decides it again
         return row
 
     def remove_parts(self, paths: list[str]) -> None:
@@ -411,6 +415,7 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
     """Run the job to the end and return its summary; raises JobError when it cannot finish."""
     from latentmill.io.storage import StorageError
     from latentmill.metrics import DriverMetrics, MetricsError
+    from latentmill.pipelines.plan import conditioning_forwarding
     from latentmill.pipelines.resume import OutputConflict, check_job_record
 
     started = time.perf_counter()
@@ -434,7 +439,8 @@ def run_job(config: JobConfig, on_progress: Callable[[RunSummary], None] | None 
                           latents=config.output.save_latents or config.decode is not None,
                           more_columns=config.input.keep_columns, layout=config.output.layout,
                           shard_size=config.output.shard_size,
-                          quality=config.quality if config.decode is None else None, audio=family.has_audio)
+                          quality=config.quality if config.decode is None else None, audio=family.has_audio,
+                          conditioning=family.conditioning_columns() if conditioning_forwarding(config) else ())
     try:
         summary.resumed = check_job_record(
             writer.fs, writer.root, fingerprint,
@@ -617,7 +623,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines.ledger import IdSet, start_ledger
-    from latentmill.pipelines.plan import build_dataset, build_retry_dataset
+    from latentmill.pipelines.plan import build_dataset, build_retry_datasets
     from latentmill.pipelines.redecode import build_decode_dataset
     from latentmill.pipelines.resources import (ResourcesPending, check_cluster, cluster_view, pending_watch,
                                                 pool_demands)
@@ -668,7 +674,8 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
         while writer.retries:  # the quality gate rejected these: each gets its next attempt
             retries, writer.retries = writer.retries, []
             log.info("quality gate: generating %d rejected sample(s) again, each with a new seed", len(retries))
-            consume(build_retry_dataset(config, retries, rules, model, options))
+            for retry in build_retry_datasets(config, retries, rules, model, options):
+                consume(retry)
     except Exception as exc:  # noqa: BLE001 - Ray wraps the cause; report it, not Ray's traceback
         try:
             writer.close()  # keep what finished: a re-run resumes from it

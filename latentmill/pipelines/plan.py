@@ -56,16 +56,46 @@ def build_dataset(config: JobConfig, table: PromptTable, rules: RowRules, model:
     return model_stages(ds, config, rules, model, storage_options)
 
 
-def build_retry_dataset(config: JobConfig, rows: list[dict[str, Any]], rules: RowRules, model: ModelRef,
-                        storage_options: dict[str, Any]):
-    """The quality gate's next attempt: request rows (with their new seeds) through the three pools."""
+def conditioning_forwarding(config: JobConfig) -> str | None:
+    """Whether rows carry their prompt conditioning past the denoise stage, so that a sample the quality
+    gate rejects is generated again through the denoise and decode pools only (no second text encoding):
+
+    - None: no gate can reject a sample and ask for another attempt, or cache.embeddings is set (the next
+      attempt's encode stage reads the conditioning from the cache the first attempt filled);
+    - "rejected": reject_nonfinite is the only check. Its only trigger is non-finite latents, which the
+      denoise stage itself finds, so only the rows it rejects keep their conditioning: the default
+      configuration moves no conditioning past the denoise stage;
+    - "all": reject_blank or clip_score (with a `min`) judge decoded frames, so every row takes its
+      conditioning to the decode stage, which empties it on every row but the ones a gate rejects.
+    """
+    checks = config.quality.checks()
+    if not checks or config.quality.max_attempts < 2 or config.cache.embeddings or config.decode is not None:
+        return None
+    return "rejected" if checks == {"reject_nonfinite"} else "all"
+
+
+def build_retry_datasets(config: JobConfig, rows: list[dict[str, Any]], rules: RowRules, model: ModelRef,
+                         storage_options: dict[str, Any]) -> list:
+    """The quality gate's next attempt: request rows (with their new seeds) through the pools. Rows that
+    carry their conditioning (conditioning_forwarding) go to the denoise and decode pools only; any other
+    row (e.g. with cache.embeddings) through the encode pool first."""
     import ray.data
 
-    return model_stages(ray.data.from_items(rows), config, rules, model, storage_options)
+    carried = [row for row in rows if row.get(schema.CONDITIONING_KEPT)]
+    others = [row for row in rows if not row.get(schema.CONDITIONING_KEPT)]
+    datasets = []
+    if carried:
+        datasets.append(model_stages(ray.data.from_items(carried), config, rules, model, storage_options,
+                                     encode=False))
+    if others:
+        datasets.append(model_stages(ray.data.from_items(others), config, rules, model, storage_options))
+    return datasets
 
 
-def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storage_options: dict[str, Any]):
-    """Request rows -> the encode, denoise and decode pools."""
+def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storage_options: dict[str, Any],
+                 encode: bool = True):
+    """Request rows -> the encode, denoise and decode pools (without the encode pool: rows that already
+    carry their conditioning columns, a rejected sample's next attempt)."""
     # A small table reads as one block; split it (streaming, in the same tasks) so that all three pools
     # work in parallel from the first batch.
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
@@ -73,8 +103,11 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
 
     workers = stage_workers()
     split = config.stages.denoise_2 is not None
+    forwarding = conditioning_forwarding(config)
     for pool_name, pool in config.stages.items():
         stage = schema.STAGE_DENOISE if pool_name == schema.DENOISE_2 else pool_name
+        if stage == schema.STAGE_ENCODE and not encode:
+            continue
         kwargs = worker_kwargs(pool, model)
         kwargs["metrics_job"] = config.metrics.job_name  # the `job` label of the stage's metrics
         if stage == schema.STAGE_ENCODE:
@@ -87,10 +120,19 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
             kwargs["options"] = config.stages.denoise_options
             if split:  # one expert per pool
                 kwargs["expert"] = 1 if pool_name == schema.DENOISE_2 else 0
+            if forwarding:
+                kwargs["forward_conditioning"] = forwarding
         if stage == schema.STAGE_DECODE:
             kwargs.update(decode_kwargs(config, model, rules, storage_options))
+            if forwarding:
+                kwargs["keep_conditioning_for"] = gate_rejections(config)
         ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))
     return ds
+
+
+def gate_rejections(config: JobConfig) -> tuple[tuple[str, str], ...]:
+    """The (stage, error type) of the rows this job's quality gate rejects."""
+    return tuple(sorted(schema.QUALITY_REJECTIONS[check] for check in config.quality.checks()))
 
 
 def decode_kwargs(config: JobConfig, model: ModelRef, rules: RowRules, storage_options: dict[str, Any],

@@ -47,3 +47,56 @@ def test_a_folder_that_is_not_a_saved_clip_model_is_refused_with_what_to_do(tmp_
     (folder / "preprocessor_config.json").write_text("{}")
     with pytest.raises(ModelError, match="is a 'bert' model, not CLIP"):
         resolve_clip(str(folder))
+
+
+def diffusers_layout_of(clip_folder, folder, image_folder: str = "feature_extractor"):
+    """The CLIPModel in `clip_folder` re-saved as a diffusers pipeline keeps its CLIP: text_encoder/
+    (CLIPTextModelWithProjection), image_encoder/ (CLIPVisionModelWithProjection), tokenizer/ and
+    `image_folder`/, with the same weights."""
+    from transformers import (CLIPModel, CLIPProcessor, CLIPTextModelWithProjection,
+                              CLIPVisionModelWithProjection)
+
+    model = CLIPModel.from_pretrained(clip_folder)
+    weights = model.state_dict()
+    text = CLIPTextModelWithProjection(model.config.text_config)
+    text.load_state_dict({k: v for k, v in weights.items() if k.startswith(("text_model.", "text_projection."))})
+    vision = CLIPVisionModelWithProjection(model.config.vision_config)
+    vision.load_state_dict({k: v for k, v in weights.items() if k.startswith(("vision_model.", "visual_projection."))})
+    text.save_pretrained(folder / "text_encoder")
+    vision.save_pretrained(folder / "image_encoder")
+    processor = CLIPProcessor.from_pretrained(clip_folder)
+    processor.tokenizer.save_pretrained(folder / "tokenizer")
+    processor.image_processor.save_pretrained(folder / image_folder)
+    return folder
+
+
+@pytest.mark.parametrize("image_folder", ["feature_extractor", "image_processor"])
+def test_a_diffusers_style_clip_folder_scores_as_the_clip_model_with_the_same_weights(tmp_path, scorer, image_folder):
+    import torch
+
+    clip = tiny_clip(tmp_path / "clip")
+    folder = diffusers_layout_of(clip, tmp_path / "pipeline", image_folder)
+    assert not (folder / "config.json").exists()
+    diffusers_scorer = ClipScorer(resolve_clip(str(folder)), torch.device("cpu"), torch.float32)
+    rng = np.random.default_rng(1)
+    samples = [rng.integers(0, 256, (1, 40, 48, 3), dtype=np.uint8), rng.integers(0, 256, (9, 40, 48, 3), np.uint8)]
+    prompts = ["a cat", "a photo of a cat sitting on a red sofa " * 30]
+    got = diffusers_scorer.scores(samples, prompts)
+    assert all(np.isfinite(got))
+    assert got == pytest.approx(scorer.scores(samples, prompts), abs=1e-4)
+
+
+def test_a_diffusers_style_folder_that_is_incomplete_is_refused_naming_what_is_missing(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ModelError, match=r"is neither CLIP layout: folder .*empty has no config.json .* "
+                                         r"text_encoder/ \(CLIPTextModelWithProjection\)"):
+        resolve_clip(str(empty))
+    folder = diffusers_layout_of(tiny_clip(tmp_path / "clip"), tmp_path / "pipeline")
+    (folder / "feature_extractor" / "preprocessor_config.json").unlink()
+    with pytest.raises(ModelError, match="diffusers layout.*no feature_extractor/preprocessor_config.json or "
+                                         "image_processor/preprocessor_config.json"):
+        resolve_clip(str(folder))
+    (folder / "image_encoder" / "config.json").write_text(json.dumps({"model_type": "bert"}))
+    with pytest.raises(ModelError, match="image_encoder is a 'bert' model, not CLIP"):
+        resolve_clip(str(folder))

@@ -125,6 +125,9 @@ class FakeFamily:
     def denoise_group_key(self, request):
         return (request.height, request.width)
 
+    def conditioning_columns(self):
+        return ("prompt_embeds",)
+
     def denoise(self, requests, conditioning, noise=None):
         assert all(value.shape == (3, 4) for value in conditioning["prompt_embeds"])
         return [np.full((4, 2, 2), r.seed % 7, dtype=np.float32) for r in requests]
@@ -214,6 +217,38 @@ def test_denoise_raise_and_nan_fail_only_their_rows(monkeypatch):
     latents = out[schema.LATENTS]  # failed rows carry a small placeholder of the same rank
     assert [np.shape(latents[i]) for i in range(4)] == [(4, 2, 2), (1, 1, 1), (1, 1, 1), (4, 2, 2)]
     assert np.isfinite(latents[0]).all() and np.isfinite(latents[3]).all()
+
+
+def test_conditioning_goes_on_from_denoise_and_decode_only_where_the_gate_may_need_it(monkeypatch, tmp_path):
+    """"rejected": only the row with NaN latents keeps its conditioning; "all": healthy rows too, and the
+    decode stage empties it on every row but the gate's rejections (NaN latents, a blank image)."""
+    from latentmill.actors.stages import DenoiseWorker
+
+    def kept(out) -> dict[str, bool]:
+        flags = {str(i): bool(k) for i, k in zip(out[schema.ID], out[schema.CONDITIONING_KEPT])}
+        assert all(bool(value) == flags[str(i)] for i, value in zip(out[schema.ID], out["prompt_embeds"]))
+        return flags
+
+    ids = ["a", "b", "c", "d"]
+    faults = "denoise:raise:b;denoise:nan:c"
+    embeds = np.array([tensors.pack(np.zeros((3, 4), dtype=np.float32))] * 4, dtype=object)
+    batch = request_batch(ids) | {"prompt_embeds": embeds}
+    rejected = make_worker(DenoiseWorker, monkeypatch, faults, columns=("prompt_embeds",), expert=None,
+                           forward_conditioning="rejected")(batch)
+    assert kept(rejected) == {"a": False, "b": False, "c": True, "d": False}
+    forwarded = make_worker(DenoiseWorker, monkeypatch, faults, columns=("prompt_embeds",), expert=None,
+                            forward_conditioning="all")(batch)
+    assert kept(forwarded) == {"a": True, "b": False, "c": True, "d": True}
+    worker = decode_worker(monkeypatch, tmp_path)
+    worker.keep_conditioning_for = frozenset({("denoise", "FloatingPointError"), ("decode", "BlankImage")})
+    decoded = worker(forwarded)  # a and d are written: their conditioning goes no further
+    assert outcomes(decoded)["a"] == outcomes(decoded)["d"] == ("", "", "")
+    assert kept(decoded) == {"a": False, "b": False, "c": True, "d": False}
+    worker.reject_blank = True  # (the fake family's images are all of one colour)
+    decoded = worker(forwarded)
+    assert outcomes(decoded)["a"][:2] == outcomes(decoded)["d"][:2] == ("decode", "BlankImage")
+    assert kept(decoded) == {"a": True, "b": False, "c": True, "d": True}
+    assert "prompt_embeds" not in denoised(ids, monkeypatch)  # no gate asks for it: dropped as before
 
 
 def test_rows_that_already_failed_pass_through_untouched(monkeypatch):

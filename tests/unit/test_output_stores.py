@@ -79,6 +79,38 @@ def test_a_parquet_shard_holds_the_media_in_an_image_struct(tmp_path):
     assert features["image"] == {"_type": "Image"}
 
 
+def test_a_parquet_shard_is_streamed_in_row_groups_and_reads_back_whole(tmp_path, monkeypatch):
+    """A shard of 7 samples written 3 at a time: three row groups, uploaded from a local file with
+    put_file (as a tar is), that pyarrow and Hugging Face `datasets` read back whole and in order."""
+    import datasets
+
+    from latentmill.io import outputs
+
+    monkeypatch.setattr(outputs, "READ_AHEAD", 3)
+    uploaded = []
+    put_file = storage.put_file
+    monkeypatch.setattr(storage, "put_file", lambda fs, local, path, **kw: (uploaded.append(path),
+                                                                            put_file(fs, local, path, **kw)))
+    fs, path = storage.resolve(str(tmp_path))
+    shards = ShardStore(fs, path, str(tmp_path), "run", COLUMNS, "parquet", shard_size=7)
+    shards.resume("sha256")
+    ids = [f"s{i}" for i in range(7)]
+    shards.add(staged_rows(tmp_path, ids))
+    shard = tmp_path / "shards" / "00000.parquet"
+    assert uploaded == [str(shard)]
+    assert pq.ParquetFile(shard).metadata.num_row_groups == 3
+    table = pq.read_table(shard)
+    assert table[schema.ID].to_pylist() == ids
+    assert [value["bytes"] for value in table["image"].to_pylist()] == [f"png of {i}".encode() for i in ids]
+    assert json.loads((tmp_path / "shards" / "00000_stats.json").read_text())["media_bytes"] == sum(
+        len(f"png of {i}") for i in ids)
+    dataset = datasets.load_dataset("parquet", data_files=[str(shard)], split="train",
+                                    cache_dir=str(tmp_path / "hf"))
+    assert isinstance(dataset.features["image"], datasets.Image) and dataset["id"] == ids
+    assert dataset.cast_column("image", datasets.Image(decode=False))[6]["image"]["bytes"] == b"png of s6"
+    assert not list((tmp_path / "staging").iterdir()) and not list(tmp_path.glob("shards/*.tmp"))
+
+
 def test_a_shard_key_has_no_dot_and_stays_distinct():
     assert shard_key("r-01-s3") == "r-01-s3"
     assert "." not in shard_key("v1.2") and shard_key("v1.2") != shard_key("v1_2")

@@ -48,3 +48,46 @@ def test_the_summary_counts_failures_by_gate_check_and_outputs_by_attempt(tmp_pa
     assert [row[schema.ID] for row in writer.retries] == ["d"]
     assert summary.attempts == {0: 1, 1: 1}
     assert summary.failed_by_gate == {"reject_blank": 1} and summary.failed_by_stage == {"decode": 1, "encode": 1}
+
+
+def test_a_rejected_row_that_carries_its_conditioning_keeps_it_for_its_next_attempt(tmp_path):
+    """Rejected rows only: the one whose conditioning came along keeps it (its next attempt skips the
+    encode stage), the other is encoded again; the rejected attempt's encoding is counted."""
+    from latentmill.config import QualitySettings
+
+    batch = empty_request_columns(3)
+    for index, (row_id, stage, error) in enumerate([("kept", "denoise", "FloatingPointError"),
+                                                     ("plain", "decode", "BlankImage"), ("ok", "", "")]):
+        batch[schema.ID][index], batch[schema.SEED][index] = row_id, 7
+        batch[schema.ERROR_STAGE][index], batch[schema.ERROR_TYPE][index] = stage, error
+    batch[schema.PROMPT_TRUNCATED][0] = True
+    batch["prompt_embeds"] = np.array([b"embeds", b"", b""], dtype=object)
+    batch[schema.CONDITIONING_KEPT] = np.array([True, False, False])
+    batch[schema.ENCODED] = np.array([True, True, False])
+    batch[schema.BYTES] = np.zeros(3, dtype=np.int64)
+    writer = ResultWriter(str(tmp_path), {}, "run", 100, 30.0, {}, quality=QualitySettings(reject_blank=True),
+                          conditioning=("prompt_embeds",))
+    summary = RunSummary(run_id="run", output_uri=str(tmp_path))
+    writer.add(batch, summary)
+    kept, plain = writer.retries
+    assert (kept[schema.ID], kept["prompt_embeds"], kept[schema.CONDITIONING_KEPT]) == ("kept", b"embeds", True)
+    assert kept[schema.PROMPT_TRUNCATED] and kept[schema.seconds_column("encode")] == 0.0
+    assert (kept[schema.ATTEMPT], kept[schema.ENCODED], kept[schema.EMBEDDINGS_CACHED]) == (1, False, False)
+    assert plain[schema.ID] == "plain" and "prompt_embeds" not in plain and not plain[schema.PROMPT_TRUNCATED]
+    assert summary.prompts_encoded == 2
+
+
+def test_conditioning_goes_past_the_denoise_stage_only_where_a_gate_needs_it():
+    from latentmill.config import load_config
+    from latentmill.pipelines.plan import conditioning_forwarding
+
+    def forwarding(**overrides):
+        return conditioning_forwarding(load_config(None, {"input": {"uri": "p.parquet"}, "output": {"uri": "out"}, **overrides}))
+
+    assert forwarding() == "rejected"  # reject_nonfinite (on by default): the rows the denoise stage rejects
+    assert forwarding(quality={"reject_blank": True}) == "all"
+    assert forwarding(quality={"clip_score": {"model": "clip", "min": 20}}) == "all"
+    assert forwarding(quality={"clip_score": {"model": "clip", "min": None}}) == "rejected"  # scores only
+    assert forwarding(quality={"reject_blank": True}, cache={"embeddings": "cache/"}) is None  # read from the cache
+    assert forwarding(quality={"max_attempts": 1}) is None
+    assert forwarding(quality={"reject_nonfinite": False}) is None
