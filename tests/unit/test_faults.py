@@ -192,7 +192,7 @@ def decode_worker(monkeypatch, tmp_path, fault_text=""):
     return make_worker(DecodeWorker, monkeypatch, fault_text, fs=fs, root=root, output_uri=str(tmp_path / "out"),
                        image_format="png", video_format="mp4", low_memory=False,
                        latents_metadata=None, media_folder="media", reject_blank=False, memory_plan=None, clip=None,
-                       clip_settings=None)
+                       clip_settings=None, png_compress_level=1)
 
 
 def denoised(ids, monkeypatch, fault_text="", failed=None):
