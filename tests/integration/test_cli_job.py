@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import subprocess
 import sys
@@ -23,17 +22,16 @@ stages:
 """
 
 
-def run_cli(args: list[str], tmp_path, job_yaml: str = "") -> subprocess.CompletedProcess:
-    """The installed CLI in a fresh process, attached to the test session's Ray instance."""
-    import ray
-
+def run_cli(args: list[str], tmp_path, capsys, job_yaml: str = "") -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, on the test session's Ray instance (`python -m latentmill.jobs.cli`
+    in a fresh process: test_help_is_instant_and_lists_the_run_flags, and the CLI runs of test_resume.py)."""
     job_file = tmp_path / "job.yaml"
     job_file.write_text(SMALL_POOLS + job_yaml)
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    return subprocess.run(
-        [sys.executable, "-m", "latentmill.jobs.cli", "run", "--no-progress", "--config", str(job_file), *args],
-        capture_output=True, text=True, env=env, timeout=600,
-    )
+    capsys.readouterr()
+    argv = ["run", "--no-progress", "--config", str(job_file), *args]
+    code = main(argv)
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(argv, code, printed.out, printed.err)
 
 
 def png_zlib_level(data: bytes) -> str:
@@ -43,10 +41,10 @@ def png_zlib_level(data: bytes) -> str:
 
 
 @pytest.mark.slow
-def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path):
+def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path, capsys):
     out = tmp_path / "parti"
     result = run_cli(["--input", str(PARTI_PROMPTS_64), "--prompt-column", "Prompt", "--limit", "64",
-                      "--output", str(out)], tmp_path)
+                      "--output", str(out)], tmp_path, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
     manifest = pq.read_table(out / "manifest").to_pylist()
     assert len(manifest) == 64 and len({row[schema.ID] for row in manifest}) == 64
@@ -61,7 +59,7 @@ def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path):
 
 
 @pytest.mark.slow
-def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path):
+def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path, capsys):
     rows = [
         {"prompt": "fine one"},
         {"prompt": None},
@@ -74,7 +72,8 @@ def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path):
     ]
     table = write_table(tmp_path / "bad.parquet", rows)
     out = tmp_path / "out"
-    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path, "output: {png_compress_level: 9}\n")
+    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path, capsys,
+                     "output: {png_compress_level: 9}\n")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (8, 2, 6)

@@ -6,7 +6,8 @@ down to this machine (same GPU and custom-resource requests, smaller CPU request
 real GPU, so the actors fall back to the CPU. Checked: the job ends SUCCEEDED, its outputs, that every
 denoise actor ran on the large_gpu node and every encode/decode actor on the small_gpu one (Ray's state
 API), that each node's Prometheus endpoint served the stage metrics of the pools it hosted (scraped
-during the run, parsed with prometheus_client), and that the nightly job pushed its counts.
+during the run, parsed with prometheus_client), and that the nightly job pushed its counts. On the same
+cluster: a stage actor's counters are on its node's endpoint at 0 before its first batch.
 """
 
 from __future__ import annotations
@@ -64,6 +65,7 @@ def cluster(tmp_path_factory, model_cache):
         "HF_HUB_OFFLINE": "1",
         "RAY_metrics_report_interval_ms": "1000",  # actors' metrics reach the node endpoint within ~1 s
         "RAY_DATA_DISABLE_PROGRESS_BARS": "1",
+        "PYTHONPATH": str(ROOT),  # this checkout's latentmill in actors started outside a job's working dir
     }
     with LocalRayCluster(work, env=env) as ray_cluster:
         ray_cluster.start_head(num_cpus=2, num_gpus=1, resources={"small_gpu": 1})
@@ -227,3 +229,96 @@ def test_nightly_job_pushed_its_counts(nightly_run, pushgateway):
     assert found[("latentmill_job_rows_total", "validate", "failed")] == 1
     assert found[("latentmill_job_rows_total", "denoise", "ok")] == len(GOOD)
     assert found[("latentmill_job_error_budget_exceeded", None, None)] == 0
+
+
+# A stage actor's counters on a real Ray node's Prometheus endpoint: at 0 from its start, then rising.
+# A driver process starts one actor holding a StageMetrics on the head node, as a stage actor does after
+# loading its model. Before its first batch the node's endpoint must serve
+# ``ray_latentmill_stage_rows_total`` at 0 for every outcome and ``ray_latentmill_stage_bytes_written_total``
+# at 0; after a batch the same series hold the batch's counts. Before, the series appeared only with the
+# first batch, at its value, so rate() over a short run was 0.
+
+ACTOR_JOB = "latentmill-actor-start-test"
+ROWS, BYTES = "ray_latentmill_stage_rows_total", "ray_latentmill_stage_bytes_written_total"
+
+DRIVER = f"""
+import sys, ray
+ray.init(address=sys.argv[1], log_to_driver=False)
+
+@ray.remote(num_cpus=0, resources={{"small_gpu": 0.001}})  # on the head node
+class Stage:
+    def __init__(self):
+        from latentmill.metrics import StageMetrics
+        self.metrics = StageMetrics("encode", "m", {ACTOR_JOB!r})
+
+    def batch(self, ok, failed, written):
+        self.metrics.observe_batch(0.1, ok, failed, written)
+
+actor = Stage.remote()
+ray.get(actor.__ray_ready__.remote())
+print("ready", flush=True)
+for line in sys.stdin:
+    if line.strip() == "batch":
+        ray.get(actor.batch.remote(3, 1, 42))
+        print("done", flush=True)
+"""
+
+
+def actor_series(url: str) -> dict[tuple[str, str], float]:
+    """(sample name, outcome) -> value of the actor-start test job's counters on a node's endpoint."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return {}
+    return {(sample.name, sample.labels.get("outcome", "")): sample.value
+            for family in text_string_to_metric_families(text) for sample in family.samples
+            if sample.name in (ROWS, BYTES) and sample.labels.get("job") == ACTOR_JOB}
+
+
+def wait_for_series(url: str, expected: dict, timeout: float = 60) -> dict:
+    deadline, found = time.monotonic() + timeout, {}
+    while time.monotonic() < deadline:
+        found = actor_series(url)
+        if found == expected:
+            return found
+        time.sleep(0.5)
+    return found
+
+
+def read_line(proc, timeout: float = 120) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        line = proc.stdout.readline()
+        if line:
+            return line.strip()
+        if proc.poll() is not None:
+            break
+    raise AssertionError(f"the driver ended or hung: {proc.poll()}")
+
+
+def test_actor_counters_exist_at_zero_before_the_first_batch_then_rise(cluster):
+    import subprocess
+    import sys
+
+    [head] = [node for node in cluster.nodes if node.name == "head"]
+    proc = subprocess.Popen([sys.executable, "-c", DRIVER, cluster.address], env=cluster.env(),
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        assert read_line(proc) == "ready"
+        zero = {(ROWS, "ok"): 0, (ROWS, "failed"): 0, (BYTES, ""): 0}
+        assert wait_for_series(head.metrics_url, zero) == zero, "the counters did not appear at 0 before a batch"
+        proc.stdin.write("batch\n")
+        proc.stdin.flush()
+        assert read_line(proc) == "done"
+        counted = {(ROWS, "ok"): 3, (ROWS, "failed"): 1, (BYTES, ""): 42}
+        assert wait_for_series(head.metrics_url, counted) == counted
+    finally:
+        proc.stdin.close()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=10)

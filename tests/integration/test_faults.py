@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -20,7 +19,7 @@ from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_BUDGET, EXIT_JOB_ERROR, main
 from latentmill.pipelines.job import JobError
 from tests.helpers import write_table
-from tests.integration.exactly_once import (check_output, check_summary, cli_command, faults, run, session_env,
+from tests.integration.exactly_once import (check_output, check_summary, cli_command, faults, run,
                                             stage_actors, wait_for_actor_log)
 
 pytestmark = pytest.mark.slow
@@ -31,10 +30,11 @@ def prompts(tmp_path, n: int, prefix: str = "f"):
     return write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids]), ids
 
 
-def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, tmp_path):
-    """One CLI run: a row raising in encode, one raising in denoise, one with NaN latents; decode runs
-    out of memory on its first batch and on the tiled retry of that batch. Three failures against
-    --max-failed 2: the job completes, every other row is an output, and the exit code is 3."""
+def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, tmp_path, capsys):
+    """One CLI run (`main`, in this process on the session's Ray): a row raising in encode, one raising in
+    denoise, one with NaN latents; decode runs out of memory on its first batch and on the tiled retry of
+    that batch. Three failures against --max-failed 2: the job completes, every other row is an output,
+    and the exit code is 3."""
     table, ids = prompts(tmp_path, 12)
     job = tmp_path / "job.yaml"
     # (without the quality gate's reject_nonfinite, on by default, NaN latents make an error row)
@@ -42,11 +42,11 @@ def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, 
                    + "".join(f"  {s}: {{batch_size: 4, num_cpus: 0.5, torch_threads: 1}}\n"
                              for s in ("encode", "denoise", "decode")))
     out = tmp_path / "out"
-    env = session_env(LATENTMILL_FAULTS="encode:raise:f-09;denoise:raise:f-03;denoise:nan:f-06;decode:oom:2")
-    result = subprocess.run(cli_command(job, "--input", str(table), "--output", str(out), "--max-failed", "2"),
-                            capture_output=True, text=True, env=env, timeout=600)
-    assert result.returncode == EXIT_BUDGET, result.stderr[-3000:]
-    assert "error budget (max_failed) exceeded" in result.stdout
+    with faults("encode:raise:f-09;denoise:raise:f-03;denoise:nan:f-06;decode:oom:2"):
+        code = main(cli_command(job, "--input", str(table), "--output", str(out), "--max-failed", "2")[3:])
+    printed = capsys.readouterr()
+    assert code == EXIT_BUDGET, printed.err[-3000:]
+    assert "error budget (max_failed) exceeded" in printed.out
 
     failed = {"f-03", "f-06", "f-09"}
     output = check_output(str(out), set(ids) - failed, failed)
@@ -64,7 +64,7 @@ def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, 
     # Out of memory twice did not fail a row: the batch was retried tiled, then row by row (the decode
     # actor says so in its log).
     assert not any(row[schema.ERROR_STAGE] == "decode" for row in errors.values())
-    log = result.stdout + result.stderr
+    log = printed.out + printed.err
     # (How many healthy rows that first batch holds depends on which block reaches decode first.)
     assert wait_for_actor_log(r"decode ran out of memory on a batch of \d; retrying with tiled decoding", log)
     assert wait_for_actor_log(r"decode batch of \d failed \(injected out-of-memory error\); retrying row by row", log)
@@ -72,7 +72,7 @@ def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, 
 
 def test_a_killed_denoiser_is_restarted_and_its_batch_retried(ray_local, tmp_path):
     """SIGKILL the denoise actor's process while it works through its rows; Ray restarts it, Ray Data retries its batch, and every row still ends exactly once."""
-    table, ids = prompts(tmp_path, 8, "k")
+    table, ids = prompts(tmp_path, 6, "k")
     progress = {"outputs": 0}
     killed: dict = {}
 
@@ -83,7 +83,7 @@ def test_a_killed_denoiser_is_restarted_and_its_batch_retried(ray_local, tmp_pat
             pools = [[a for a in stage_actors(name) if a["State"] == "ALIVE" and a["Pid"]]
                      for name in ("DenoiseWorker", "DecodeWorker")]
             if all(pools):
-                time.sleep(2)  # about one row into the denoiser's 8 x 2 s
+                time.sleep(1.5)  # about one row into the denoiser's 6 x 1.5 s
                 [denoiser] = pools[0]
                 killed.update(pid=denoiser["Pid"], actor=denoiser["ActorID"], outputs=progress["outputs"])
                 os.kill(denoiser["Pid"], signal.SIGKILL)
@@ -96,14 +96,14 @@ def test_a_killed_denoiser_is_restarted_and_its_batch_retried(ray_local, tmp_pat
     thread = threading.Thread(target=kill_denoiser_mid_run, daemon=True)
     thread.start()
     try:
-        with faults("denoise:sleep:2"):
+        with faults("denoise:sleep:1.5"):
             summary = run(str(table), str(tmp_path / "out"), batch_size=1, on_progress=on_progress,
                           stages={"encode": {"batch_size": 4}})
     finally:
         progress["done"] = True
         thread.join(timeout=10)
     assert killed and killed["outputs"] < len(ids), killed  # it died with rows still to do
-    check_summary(summary, rows=8, outputs=8, failed=0)
+    check_summary(summary, rows=6, outputs=6, failed=0)
     check_output(str(tmp_path / "out"), set(ids), set())
     [actor] = [a for a in stage_actors("DenoiseWorker") if a["ActorID"] == killed["actor"]]
     assert actor["NumRestarts"] >= 1

@@ -34,16 +34,12 @@ def decode_again(source: str, dest: str, **sections):
     return latentmill.decode(source, dest, **{**stages, **sections})
 
 
-@pytest.mark.parametrize("where", ["local", "s3"])
-def test_saved_latents_decode_to_byte_identical_media(ray_local, tmp_path, request, where):
-    options = {}
-    if where == "s3":
-        s3 = request.getfixturevalue("s3")
-        options = s3.storage_options()
-        base = f"s3://latentmill/{tmp_path.name}"
-        storage_section = {"storage": {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}}
-    else:
-        base, storage_section = str(tmp_path), {}
+def test_saved_latents_decode_to_byte_identical_media(ray_local, s3, tmp_path):
+    """On S3. Latents saved to and decoded from a local folder: `saved_run` and the tests that use it (the
+    same fsspec calls write and read them)."""
+    options = s3.storage_options()
+    base = f"s3://latentmill/{tmp_path.name}"
+    storage_section = {"storage": {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}}
     table = write_table(tmp_path / "prompts.parquet", ROWS)
     summary, _ = generate(str(table), f"{base}/run", batch_size=1, output={"save_latents": True}, **storage_section)
     assert (summary.outputs_written, summary.rows_failed) == (4, 0)
@@ -114,8 +110,14 @@ def test_latents_of_another_shape_are_refused(saved_run, tmp_path):
         latentmill.decode(str(source), str(tmp_path / "out"))
 
 
-def test_a_run_without_saved_latents_is_refused(ray_local, tmp_path):
-    table = write_table(tmp_path / "prompts.parquet", ROWS[:1])
-    generate(str(table), str(tmp_path / "run"))
+def test_a_run_without_saved_latents_is_refused(saved_run, tmp_path):
+    """A run's manifest without the latents columns, as a run without output.save_latents writes it (the
+    parity runs of test_parity.py check that it does)."""
+    import pyarrow.parquet as pq
+
+    source = tmp_path / "run"
+    shutil.copytree(saved_run, source, ignore=shutil.ignore_patterns("latents"))
+    for part in (source / "manifest").iterdir():
+        pq.write_table(pq.read_table(part).drop_columns([schema.LATENTS_URI, schema.LATENTS_SHA256]), part)
     with pytest.raises(JobError, match="has no saved latents .* re-run the job with output.save_latents: true"):
-        latentmill.decode(str(tmp_path / "run"), str(tmp_path / "out"))
+        latentmill.decode(str(source), str(tmp_path / "out"))

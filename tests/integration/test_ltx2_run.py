@@ -21,7 +21,7 @@ from tests.integration.test_cli_job import run_cli
 pytestmark = pytest.mark.slow
 
 
-def test_ltx2_run_writes_mp4s_with_sound(ray_local, tmp_path):
+def test_ltx2_run_writes_mp4s_with_sound(ray_local, tmp_path, capsys):
     import av
 
     rows = [{"prompt": "a cat sitting on a red sofa", "negative_prompt": "blurry"},
@@ -30,7 +30,7 @@ def test_ltx2_run_writes_mp4s_with_sound(ray_local, tmp_path):
             {"prompt": "ten frames", "num_frames": 10}]
     table = write_table(tmp_path / "prompts.parquet", rows)
     out = tmp_path / "out"
-    result = run_cli(["--input", str(table), "--output", str(out), "--model", "builtin:tiny-ltx2"], tmp_path)
+    result = run_cli(["--input", str(table), "--output", str(out), "--model", "builtin:tiny-ltx2"], tmp_path, capsys)
     assert result.returncode == 0, result.stderr[-3000:]
 
     manifest = {row[schema.PROMPT]: row for row in pq.read_table(out / "manifest").to_pylist()}

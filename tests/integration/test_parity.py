@@ -66,6 +66,7 @@ def test_tiny_image_matches_plain_diffusers(ray_local, tmp_path, batch_size):
     assert by_prompt[PROMPTS[3]["prompt"]][schema.SEED] == 12345
     assert by_prompt[PROMPTS[5]["prompt"]][schema.STEPS] == 2
     for row in manifest:
+        assert schema.LATENTS_URI not in row and schema.LATENTS_SHA256 not in row  # no output.save_latents
         assert row["model_hash"] == summary.model_hash and row["latentmill_version"]
         assert row[schema.MIME_TYPE] == "image/png" and row[schema.OUTPUT_URI].endswith(".png")
         assert all(row[schema.seconds_column(stage)] > 0 for stage in schema.STAGES)

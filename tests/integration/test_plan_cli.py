@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import json
-import os
+import logging
 import subprocess
-import sys
 
 import pytest
 import yaml
@@ -16,16 +15,18 @@ from tests.helpers import write_table
 MODEL = "builtin:sim-sdxl-30@0.02"  # SDXL's stage shares, 50x faster: a denoiser batch of 4 takes 24 ms
 
 
-def run_cli(args: list[str]) -> subprocess.CompletedProcess:
-    import ray
-
-    env = dict(os.environ, RAY_ADDRESS=ray.get_runtime_context().gcs_address)
-    return subprocess.run([sys.executable, "-m", "latentmill.jobs.cli", *args],
-                          capture_output=True, text=True, env=env, timeout=300)
+def run_cli(args: list[str], capsys, caplog) -> subprocess.CompletedProcess:
+    """The CLI's `main` in this process, on the test session's Ray; stderr holds its log lines too."""
+    capsys.readouterr()
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="latentmill"):
+        code = main(args)
+    printed = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, printed.out, printed.err + caplog.text)
 
 
 @pytest.mark.slow
-def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
+def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys, caplog):
     plan_file = tmp_path / "plan.yaml"
     code = main(["plan", "--model", MODEL, "--cpus", "2", "--batch-sizes", "1,2,4", "--repeats", "1",
                  "--output", str(plan_file)])
@@ -46,7 +47,7 @@ def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
     table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(12)])
     out = tmp_path / "out"
     result = run_cli(["run", "--input", str(table), "--output", str(out), "--model", MODEL,
-                      "--plan", str(plan_file), "--no-progress"])
+                      "--plan", str(plan_file), "--no-progress"], capsys, caplog)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (12, 12, 0)
@@ -57,11 +58,11 @@ def test_plan_then_run_with_the_plan(ray_local, tmp_path, capsys):
 
 
 @pytest.mark.slow
-def test_run_auto_size(ray_local, tmp_path):
+def test_run_auto_size(ray_local, tmp_path, capsys, caplog):
     table = write_table(tmp_path / "prompts.parquet", [{"id": f"r{i}", "prompt": f"prompt {i}"} for i in range(8)])
     out = tmp_path / "out"
     result = run_cli(["run", "--input", str(table), "--output", str(out), "--model", MODEL, "--auto-size",
-                      "--no-progress"])
+                      "--no-progress"], capsys, caplog)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "auto-size" in result.stderr and "predicted throughput" in result.stderr
     summary = json.loads((out / "summary.json").read_text())

@@ -10,6 +10,8 @@ one row more does need Ray.
 from __future__ import annotations
 
 import json
+import logging
+import os
 import re
 import socket
 import subprocess
@@ -20,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from latentmill import schema
-from latentmill.jobs.cli import EXIT_JOB_ERROR, EXIT_OK
+from latentmill.jobs.cli import EXIT_JOB_ERROR, EXIT_OK, main
 from tests.helpers import write_table
 from tests.integration.exactly_once import check_output, cli_command, session_env
 
@@ -57,26 +59,32 @@ def finished(ray_local, tmp_path_factory):
     table = write_table(base / "prompts.parquet", ROWS)
     job = base / "job.yaml"
     job.write_text(JOB)
-    first = subprocess.run(cli_command(job, "--input", str(table), "--output", "out/demo"), cwd=base,
-                           env=session_env(), capture_output=True, text=True, timeout=600)
-    assert first.returncode == EXIT_OK, first.stderr[-3000:]
+    # The CLI's `main` in this process on the session's Ray, from the folder the output is relative to.
+    here = os.getcwd()
+    os.chdir(base)
+    try:
+        assert main(cli_command(job, "--input", str(table), "--output", "out/demo")[3:]) == EXIT_OK
+    finally:
+        os.chdir(here)
     out = base / "out" / "demo"
     rows = manifest_rows(out)
     assert len(rows) == len(ROWS)
     return {"base": base, "table": table, "job": job, "out": out, "ids": {row[schema.ID] for row in rows}}
 
 
-def test_a_resume_from_another_directory_finds_every_output(finished):
+def test_a_resume_from_another_directory_finds_every_output(finished, monkeypatch, capsys, caplog):
     out = finished["out"]
     assert all(row[schema.OUTPUT_URI].startswith(str(out) + "/media/") for row in manifest_rows(out))
     parts = manifest_parts(out)
     elsewhere = finished["base"] / "elsewhere"
     elsewhere.mkdir()
-    resumed = subprocess.run(cli_command(finished["job"], "--input", str(finished["table"]), "--output",
-                                         "../out/demo"), cwd=elsewhere, env=session_env(),
-                             capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == EXIT_OK, resumed.stderr[-3000:]
-    assert "missing or changed object" not in resumed.stderr
+    monkeypatch.chdir(elsewhere)
+    with caplog.at_level(logging.INFO, logger="latentmill"):
+        code = main(cli_command(finished["job"], "--input", str(finished["table"]), "--output", "../out/demo")[3:])
+    stderr = capsys.readouterr().err + caplog.text
+    assert code == EXIT_OK, stderr[-3000:]
+    assert "already done" in caplog.text  # the log lines are captured here
+    assert "missing or changed object" not in stderr
     check_output(str(out), finished["ids"], set(), already_done=len(ROWS))
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["outputs_written"], summary["already_done"]) == (0, len(ROWS))

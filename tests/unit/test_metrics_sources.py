@@ -8,7 +8,7 @@
   max over the running driver's series and the previous run's pushed ones.
 
 (tests/integration/test_dashboard_sources.py checks the selectors against a real Prometheus and
-Pushgateway; tests/integration/test_actor_metrics_start.py the actors' zeros on a real Ray node.)
+Pushgateway; tests/integration/test_cluster.py the actors' zeros on a real Ray node.)
 """
 
 from __future__ import annotations
