@@ -103,39 +103,36 @@ def test_a_clip_model_on_s3_is_copied_once_and_loads(s3, clip_model, tmp_path, m
 def test_a_rejected_sample_is_generated_again_without_encoding_its_prompt_again(ray_local, tmp_path):
     """No embedding cache: NaN latents for one row and a blank image for another on their first attempt. Each
     is generated again (`attempt` 1) through the denoise and decode pools only: the run encodes each of its
-    eight prompts once (`prompts_encoded`, which counts rejected attempts' encodings too, is 8, not 10), the
+    four prompts once (`prompts_encoded`, which counts rejected attempts' encodings too, is 4, not 6), the
     new attempts' manifest rows show no encode time, and their images are the bytes a run that takes the
-    embeddings from a cache makes. With reject_nonfinite alone (the default gate) the same holds for the NaN
-    row."""
-    ids = [f"q-{i:02d}" for i in range(8)]
+    embeddings from a cache makes. (With reject_nonfinite alone, only rejected rows carry their conditioning
+    on: tests/unit/test_faults.py.)"""
+    ids = [f"q-{i:02d}" for i in range(4)]
     table = str(write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids]))
     gates = {"reject_nonfinite": True, "reject_blank": True}
     # Batches of one row: which rows share a batch is up to Ray's timing, and batch mates may move a pixel
     # by float rounding (tests/models/test_stage_contract.py); alone, every run's bytes are comparable.
-    with faults("denoise:nan:q-03;decode:blank:q-05"):
+    with faults("denoise:nan:q-01;decode:blank:q-02"):
         forwarded = run(table, str(tmp_path / "forwarded"), batch_size=1, quality=gates)
         cached = run(table, str(tmp_path / "cached"), batch_size=1, quality=gates,
                      cache={"embeddings": str(tmp_path / "cache")})
-        default = run(table, str(tmp_path / "default"), batch_size=1)  # reject_nonfinite only: q-05's blank is kept
 
     def manifest(name: str) -> dict[str, dict]:
         return {row[schema.ID]: row for row in pq.read_table(tmp_path / name / "manifest").to_pylist()}
 
-    assert (cached.outputs_written, cached.prompts_encoded) == (8, 8)  # the new attempts' from the cache
+    assert (cached.outputs_written, cached.prompts_encoded) == (4, 4)  # the new attempts' from the cache
     reference = manifest("cached")
-    for summary, name, regenerated in ((forwarded, "forwarded", {"q-03", "q-05"}), (default, "default", {"q-03"})):
-        assert (summary.rows_read, summary.outputs_written, summary.rows_failed) == (8, 8, 0), name
-        assert summary.prompts_encoded == 8, name  # one encoding per prompt: none for the new attempts
-        rows = manifest(name)
-        assert set(rows) == set(ids)
-        for row_id, row in rows.items():
-            assert row[schema.ATTEMPT] == (1 if row_id in regenerated else 0), (name, row_id)
-            if row_id in regenerated:
-                assert row[schema.EMBEDDINGS_CACHED] is False, (name, row_id)
-                assert row[schema.seconds_column("encode")] == 0.0, (name, row_id)
-            if row_id == "q-05" and name == "default":
-                continue  # (the default run keeps q-05's blank first attempt)
-            assert row[schema.SEED] == reference[row_id][schema.SEED], (name, row_id)
-            assert row[schema.SHA256] == reference[row_id][schema.SHA256], (name, row_id)
+    regenerated = {"q-01", "q-02"}
+    assert (forwarded.rows_read, forwarded.outputs_written, forwarded.rows_failed) == (4, 4, 0)
+    assert forwarded.prompts_encoded == 4  # one encoding per prompt: none for the new attempts
+    rows = manifest("forwarded")
+    assert set(rows) == set(ids)
+    for row_id, row in rows.items():
+        assert row[schema.ATTEMPT] == (1 if row_id in regenerated else 0), row_id
+        if row_id in regenerated:
+            assert row[schema.EMBEDDINGS_CACHED] is False, row_id
+            assert row[schema.seconds_column("encode")] == 0.0, row_id
+        assert row[schema.SEED] == reference[row_id][schema.SEED], row_id
+        assert row[schema.SHA256] == reference[row_id][schema.SHA256], row_id
     stats = json.loads((tmp_path / "forwarded" / "stats.json").read_text())
-    assert stats["attempts"] == {"0": 6, "1": 2} and stats["prompts_encoded"] == 8
+    assert stats["attempts"] == {"0": 2, "1": 2} and stats["prompts_encoded"] == 4
