@@ -133,8 +133,8 @@ class OutputSettings(_Strict):
     image_format: Literal["png", "jpeg", "webp"] = "png"
     video_format: Literal["mp4", "apng"] = "mp4"
     png_compress_level: int = Field(
-        1, ge=0, le=9, description="zlib level of PNG and APNG files, 0-9: 1 costs 3-8x less CPU than 6 for files "
-        "10-20% larger; PNG is lossless, so the pixels are the same at every level.",
+        1, ge=0, le=9, description="zlib level of PNG and APNG files, 0-9: 1 costs 1.3-8x less CPU than 6 for files "
+        "9-18% larger; PNG is lossless, so the pixels are the same at every level.",
     )
     manifest_rows_per_part: int = Field(1000, ge=1, description="Rows per manifest Parquet part.")
     manifest_flush_seconds: float = Field(
