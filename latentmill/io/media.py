@@ -17,7 +17,7 @@ from fractions import Fraction
 import numpy as np
 
 #: zlib level of PNG and APNG files. Level 1 costs 1.3-8x less CPU than Pillow's default 6 on a 1024x1024
-#: picture for a file 9-18% larger (BENCHMARKS.md, "Host work per row"); PNG is lossless, so the
+#: picture for a file 9-18% larger (BENCHMARKS.md section 10, "Where the host work goes"); PNG is lossless, so the
 #: pixels are the same at every level. In bulk rendering the encoder's CPU is what a decode actor spends most.
 PNG_COMPRESS_LEVEL = 1
 
