@@ -100,17 +100,28 @@ def band_pairs(hashes: list[str], band: int, distance: int) -> int:
 
 def _band_pairs(keyframes: np.ndarray, present: np.ndarray, band: int, distance: int) -> int:
     """band_pairs, vectorised over buckets: with the samples sorted by the band's bits, the k-th pass
-    compares each sample with the one k places after it in its bucket (a bucket of m samples: m - 1 passes)."""
+    compares each sample with the one k places after it in its bucket (a bucket of m samples: m - 1 passes).
+
+    Identical hashes are first collapsed into one entry that counts as many samples: m copies of one
+    picture (a broken model, a prompt table of repeats) are m(m-1)/2 pairs at once, where comparing them
+    one by one would take m passes and, for m in the hundreds of thousands, hours.
+    """
     if len(keyframes) < 2:
         return 0
+    rows, weights = np.unique(np.concatenate([keyframes, present.astype(np.uint64)], axis=1), axis=0,
+                              return_counts=True)
+    keyframes, present = rows[:, :keyframes.shape[1]], rows[:, keyframes.shape[1]:].astype(bool)
+    weights = weights.astype(np.int64)
+    # identical samples share every band, so their first shared band is band 0
+    pairs = int((weights * (weights - 1) // 2).sum()) if band == 0 else 0
     bits = band_values(keyframes[:, 0], distance)[:, :band + 1]
     order = np.argsort(bits[:, band], kind="stable")
-    keyframes, present, bits = keyframes[order], present[order], bits[order]
+    keyframes, present, bits, weights = keyframes[order], present[order], bits[order], weights[order]
     first = keyframes[:, 0]
     starts = np.flatnonzero(np.r_[True, bits[1:, band] != bits[:-1, band]])
     sizes = np.diff(np.r_[starts, len(order)])
     bucket_end = np.repeat(starts + sizes, sizes)  # one past the last sample of each sample's bucket
-    pairs, step = 0, 1
+    step = 1
     active = np.flatnonzero(np.arange(len(order)) + step < bucket_end)
     while active.size:
         close = np.bitwise_count(first[active] ^ first[active + step]) <= distance
@@ -122,7 +133,7 @@ def _band_pairs(keyframes: np.ndarray, present: np.ndarray, band: int, distance:
         if keyframes.shape[1] > 1:  # videos: every keyframe both have must be close too
             near = np.bitwise_count(keyframes[left] ^ keyframes[right]) <= distance
             left = left[(near | ~(present[left] & present[right])).all(axis=1)]
-        pairs += len(left)
+        pairs += int((weights[left] * weights[left + step]).sum())
         step += 1
         active = active[active + step < bucket_end[active]]
     return pairs

@@ -126,3 +126,16 @@ def test_the_distributed_buckets_count_what_the_driver_counts(tmp_path):
 def test_identical_blank_images_are_all_near_duplicates():
     blank = frames_hash(np.zeros((1, 64, 64, 3), np.uint8))
     assert count_pairs([blank] * 5, 0) == 10 and count_pairs([blank] * 5, 4) == 10
+
+
+@pytest.mark.parametrize("keyframes", [1, 3])
+def test_repeated_hashes_count_as_brute_force_does(keyframes):
+    hashes = random_hashes(4 * 10 + keyframes, keyframes)[:60]
+    repeated = hashes * 3 + hashes[:7]
+    assert count_pairs(repeated, 4) == brute_force(repeated, 4)
+
+
+def test_a_run_of_one_picture_counts_its_pairs_at_once():
+    """300,000 copies of two pictures (a model that ignores its prompt): counted from the copies' numbers,
+    not copy by copy (which took minutes at 100,000 and would take hours at a million)."""
+    assert count_pairs(["bc61ce99b2ad2a54"] * 200_000 + ["bc61ce99b2ad2a55"] * 100_000, 4) == 300_000 * 299_999 // 2
