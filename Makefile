@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml
 setup: $(STAMP)
 
 demo: setup
-	$(VENV)/bin/latentmill run --input examples/prompts.parquet --output out/demo
+	$(VENV)/bin/latentmill run --input examples/shapes.parquet --output out/demo --model builtin:shapes
 
 test: setup
 	bash infra/install-test-services.sh

@@ -36,8 +36,8 @@ def _run_parser(subparsers) -> None:
     )
     run.add_argument("--input", "-i", help="Parquet file, folder, glob or URI (s3://...) of the prompt table")
     run.add_argument("--output", "-o", help="output folder or URI; receives media/, manifest/, errors/, summary.json")
-    run.add_argument("--model", "-m", help="a diffusers folder or URI, or a built-in tiny model: builtin:tiny-image "
-                     "(default), tiny-video, tiny-wan22, tiny-wan22-5b, tiny-ltx, tiny-cogvideox, "
+    run.add_argument("--model", "-m", help="a diffusers folder or URI, or a built-in model: builtin:shapes (trained "
+                     "on coloured shapes, the demo's), builtin:tiny-image (random weights; default), tiny-video, tiny-wan22, tiny-wan22-5b, tiny-ltx, tiny-cogvideox, "
                      "tiny-hunyuan-video15, tiny-sdxl, tiny-sd3, tiny-flux, tiny-qwen-image, tiny-z-image")
     run.add_argument("--config", "-c", type=Path, help="YAML job file (see README: 'The job file')")
     run.add_argument("--prompt-column", help="name of the prompt column (default: prompt)")
@@ -188,6 +188,17 @@ def _models_parser(subparsers) -> None:
     actions = models.add_subparsers(dest="models_command", required=True)
     init = actions.add_parser("init-tiny", help="write every built-in tiny checkpoint (one per supported family) to DIR as plain diffusers folders")
     init.add_argument("dir", type=Path)
+    train = actions.add_parser(
+        "train-shapes",
+        help="train builtin:shapes (a tiny latent diffusion model of coloured shapes) into DIR on the CPU",
+        description="Train the shapes model from pictures drawn in code (a VAE, then the UNet and the CLIP "
+                    "text encoder in its latent space); fixed seeds and steps, about 40 minutes on one core. "
+                    "How the shipped weights were made: latentmill/models/shapes/checkpoint/HOW_MADE.md.",
+    )
+    train.add_argument("dir", type=Path)
+    train.add_argument("--threads", type=int, default=1,
+                       help="torch CPU threads (default 1, as for the shipped weights; another count gives "
+                       "slightly different weights, and more than one gains little on a model this small)")
 
 
 def _plan_parser(subparsers) -> None:
@@ -471,6 +482,11 @@ def _interpolate(args: argparse.Namespace) -> int:
 
 
 def _models(args: argparse.Namespace) -> int:
+    if args.models_command == "train-shapes":
+        from latentmill.models.shapes.train import train_shapes
+
+        train_shapes(args.dir, args.threads)
+        return EXIT_OK
     from latentmill.models.tiny import init_tiny
 
     for name, path in init_tiny(args.dir).items():

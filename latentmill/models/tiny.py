@@ -5,7 +5,8 @@ downloading anything: each is a complete diffusers checkpoint with the same layo
 component classes as a real one (one per supported family; builders in `tiny_builds/`), only
 with at most about a million randomly initialised parameters per component. Weights are
 seeded and the tokenizers are trained on a fixed corpus, so every build writes byte-identical
-files.
+files. One exception draws real pictures: `builtin:shapes`, trained on drawn shapes and shipped
+in the package (`models/shapes/`).
 
 Heavy libraries are imported inside the functions so that importing this module (and
 starting the CLI) stays instant.
@@ -24,12 +25,13 @@ from pathlib import Path
 _VERSION = "v2"
 
 from latentmill.models.tiny_builds import (  # noqa: E402 - after _VERSION on purpose
-    cogvideox, flux, hunyuan_video15, ltx, ltx2, qwen, sd, sd3, sdxl, wan)
+    cogvideox, flux, hunyuan_video15, ltx, ltx2, qwen, sd, sd3, sdxl, shapes, wan)
 
 # name -> (builder, generation defaults). The defaults are valid for the model and take well under a
 # second on a CPU; they are stored in the checkpoint's model_index.json under `_latentmill_defaults`
 # (keys that start with `_` are metadata to diffusers), so a copy of the folder carries them.
-_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen, ltx, ltx2, cogvideox, hunyuan_video15)
+_REGISTRY = {name: entry for module in (sd, wan, sdxl, sd3, flux, qwen, ltx, ltx2, cogvideox, hunyuan_video15,
+                                        shapes)
              for name, entry in module.MODELS.items()}
 TINY_DEFAULTS: dict[str, dict] = {name: defaults for name, (_, defaults) in _REGISTRY.items()}
 
@@ -65,7 +67,8 @@ def ensure_builtin(name: str, cache_dir: Path | None = None) -> Path:
     """
     if name not in TINY_MODELS:
         raise ValueError(f"unknown built-in model {name!r}; known: {', '.join(sorted(TINY_MODELS))}")
-    target = Path(cache_dir or _default_cache_dir()) / "models" / f"{name}-{_VERSION}"
+    version = f"{_VERSION}-{shapes.checkpoint_digest()}" if name in shapes.MODELS else _VERSION
+    target = Path(cache_dir or _default_cache_dir()) / "models" / f"{name}-{version}"
     if (target / "model_index.json").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ import latentmill
 from latentmill import schema
 from latentmill.io import media, storage
 from latentmill.jobs.cli import EXIT_JOB_ERROR, main
+from latentmill.models.shapes import measure
 from latentmill.pipelines.job import JobError
 
 from tests.helpers import generate, read_parquet_folder, write_table
@@ -41,10 +42,26 @@ def plain(tmp_path, model: str, rows: list[dict]) -> dict[str, np.ndarray]:
             for row in manifest}
 
 
-@pytest.mark.parametrize("model", ["builtin:tiny-image", "builtin:tiny-flux"])
+RED_CIRCLE = "a large red circle in the center on a white background"
+BLUE_SQUARE = "a large blue square in the center on a white background"
+
+
+def drift(values: list[float]) -> float:
+    """How far `values` goes against its overall direction, as a share of its whole change."""
+    sign = np.sign(values[-1] - values[0])
+    return max(0.0, -min(sign * (b - a) for a, b in zip(values, values[1:]))) / abs(values[-1] - values[0])
+
+
+def shape_fill(frame: np.ndarray) -> float:
+    """The share of the coloured pixels' bounding box they fill: pi/4 for a circle, 1 for a square."""
+    ys, xs = np.nonzero(frame.max(-1) - frame.min(-1) > 100)  # red, blue and what lies between; not white
+    return len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+
+
+@pytest.mark.parametrize("model", ["builtin:shapes", "builtin:tiny-flux"])
 def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tmp_path, model):
     keyframes = write_table(tmp_path / "keyframes.parquet", [
-        {"id": "red-to-blue", "prompt_a": "a red circle", "prompt_b": "a blue square", "seed_a": 11, "seed_b": 22,
+        {"id": "red-to-blue", "prompt_a": RED_CIRCLE, "prompt_b": BLUE_SQUARE, "seed_a": 11, "seed_b": 22,
          "frames": FRAMES},
         {"id": "eased", "prompt_a": "a cat", "prompt_b": "a dog", "seed_a": 3, "seed_b": 4, "frames": 4,
          "easing": "ease-in-out", "fps": 4.0},
@@ -53,8 +70,8 @@ def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tm
     summary = latentmill.interpolate(str(keyframes), str(out), model=model, stages=STAGES, ray={"progress_bars": False})
     assert (summary.transitions_written, summary.transitions_failed, summary.frames_written) == (2, 0, FRAMES + 4)
 
-    reference = plain(tmp_path, model, [{"id": "a", "prompt": "a red circle", "seed": 11},
-                                        {"id": "b", "prompt": "a blue square", "seed": 22}])
+    reference = plain(tmp_path, model, [{"id": "a", "prompt": RED_CIRCLE, "seed": 11},
+                                        {"id": "b", "prompt": BLUE_SQUARE, "seed": 22}])
     frames = frames_of(out, "red-to-blue", FRAMES)
     assert np.abs(frames[0] - reference["a"]).max() <= 2, "t=0 differs from a plain run of (prompt_a, seed_a)"
     assert np.abs(frames[-1] - reference["b"]).max() <= 2, "t=1 differs from a plain run of (prompt_b, seed_b)"
@@ -72,7 +89,15 @@ def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tm
     order = [int(np.argmin([np.abs(decoded[k] - frame).mean() for frame in frames])) for k in range(FRAMES)]
     assert order == list(range(FRAMES))
 
-    if model == "builtin:tiny-image":  # resuming a finished output does not depend on the family
+    if model == "builtin:shapes":  # a model that draws what it is told: the picture turns from one into the other
+        red = [float(measure.colour_mask(frame, "red").sum()) for frame in frames]
+        blue = [float(measure.colour_mask(frame, "blue").sum()) for frame in frames]
+        fill = [shape_fill(frame) for frame in frames]
+        assert red[0] > 200 and blue[0] < 20 and blue[-1] > 200 and red[-1] < 20, (red, blue)
+        assert max(drift(red), drift(blue)) <= 0.05, (red, blue)
+        # the model's squares have soft corners: measured 0.73 for the circle, 0.82 for the square
+        assert fill[-1] - fill[0] >= 0.05 and drift(fill) <= 0.4, fill
+        # resuming a finished output does not depend on the family
         again = latentmill.interpolate(str(keyframes), str(out), model=model, stages=STAGES,
                                        ray={"progress_bars": False})
         assert (again.already_done, again.transitions_written, again.frames_written) == (2, 0, 0)

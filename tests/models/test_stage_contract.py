@@ -67,6 +67,7 @@ FAMILY_EXTRAS = {
     "tiny-flux": {"true_cfg_scale": 3.0},
     "tiny-qwen-image": {"true_cfg_scale": 3.0},
     "tiny-z-image": {"guidance_scale": 3.0},
+    "shapes": {},
 }
 NO_GUIDANCE = {
     "tiny-flux": {"true_cfg_scale": 1.0},

@@ -54,8 +54,8 @@ CORPUS = (
 )
 
 
-def train_clip_tokenizer():
-    """A transformers CLIPTokenizer whose BPE merges are learnt from `CORPUS`.
+def train_clip_tokenizer(corpus=CORPUS, model_max_length: int = 77):
+    """A transformers CLIPTokenizer whose BPE merges are learnt from `corpus`.
 
     Training uses the exact normalizer and pre-tokenizer CLIPTokenizer rebuilds on load, so
     the merges apply unchanged. The vocabulary holds every byte (alone and word-final), so any
@@ -80,13 +80,13 @@ def train_clip_tokenizer():
         # hence the output) independent of the trainer's hash-map iteration order.
         special_tokens=word_final,
     )
-    bpe.train_from_iterator(CORPUS, trainer)
+    bpe.train_from_iterator(corpus, trainer)
     merges = [tuple(m) for m in json.loads(bpe.to_str())["model"]["merges"]]
 
     tokens = alphabet + word_final + [a + b for a, b in merges]
     tokens += ["<|startoftext|>", "<|endoftext|>"]
     vocab = {tok: i for i, tok in enumerate(dict.fromkeys(tokens))}
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=77)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
 
 
 def train_t5_tokenizer():
