@@ -37,7 +37,8 @@ def _run_parser(subparsers) -> None:
     run.add_argument("--input", "-i", help="Parquet file, folder, glob or URI (s3://...) of the prompt table")
     run.add_argument("--output", "-o", help="output folder or URI; receives media/, manifest/, errors/, summary.json")
     run.add_argument("--model", "-m", help="a diffusers folder or URI, or a built-in model: builtin:shapes (trained "
-                     "on coloured shapes, the demo's), builtin:tiny-image (random weights; default), tiny-video, tiny-wan22, tiny-wan22-5b, tiny-ltx, tiny-cogvideox, "
+                     "on coloured shapes, the demo's), builtin:tiny-image (random weights; default), tiny-video, "
+                     "tiny-wan22, tiny-wan22-5b, tiny-ltx, tiny-cogvideox, "
                      "tiny-hunyuan-video15, tiny-sdxl, tiny-sd3, tiny-flux, tiny-qwen-image, tiny-z-image")
     run.add_argument("--config", "-c", type=Path, help="YAML job file (see README: 'The job file')")
     run.add_argument("--prompt-column", help="name of the prompt column (default: prompt)")

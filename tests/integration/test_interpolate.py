@@ -54,8 +54,7 @@ def drift(values: list[float]) -> float:
 
 def shape_fill(frame: np.ndarray) -> float:
     """The share of the coloured pixels' bounding box they fill: pi/4 for a circle, 1 for a square."""
-    ys, xs = np.nonzero(frame.max(-1) - frame.min(-1) > 100)  # red, blue and what lies between; not white
-    return len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
+    return measure.fill_ratio(frame.max(-1) - frame.min(-1) > 100)  # red, blue and what lies between; not white
 
 
 @pytest.mark.parametrize("model", ["builtin:shapes", "builtin:tiny-flux"])

@@ -66,15 +66,12 @@ def test_more_guidance_keeps_to_the_caption_and_narrows_what_the_seeds_give(mode
     """The model follows its captions already without guidance (0.98 at guidance 1), so guidance cannot
     raise adherence much; what it does show is the pull towards the caption's typical picture: the
     pictures of one caption agree more across seeds."""
-    seeds = len(measure.SEEDS)
     spread = {}
     for guidance in (1.0, 7.0):
-        scenes = [scene for scene in data.held_out_scenes() for _ in measure.SEEDS]
-        images = measure.generate(model_dir, [scene.caption for scene in scenes], list(measure.SEEDS) * 12,
-                                  guidance_scale=guidance)
+        scenes, images = measure.held_out_pictures(model_dir, guidance_scale=guidance)
         score = measure.adherence([(scene, measure.read(image, scene)) for scene, image in zip(scenes, images)])
         assert score.in_place >= MIN_IN_PLACE, (guidance, score)
-        per_caption = images.astype(float).reshape(-1, seeds, *images.shape[1:])
+        per_caption = images.astype(float).reshape(-1, len(measure.SEEDS), *images.shape[1:])
         spread[guidance] = per_caption.std(axis=1).mean()
     assert spread[7.0] < 0.8 * spread[1.0], spread
 

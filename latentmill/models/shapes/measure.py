@@ -49,9 +49,15 @@ def read(image: np.ndarray, scene: data.Scene) -> Reading:
     if count < MIN_PIXELS:
         return Reading(count, False, None)
     ys, xs = np.nonzero(mask)
-    box = (xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1)
-    shape = min(FILL_RATIOS, key=lambda name: abs(FILL_RATIOS[name] - count / box))
+    fill = fill_ratio(mask)
+    shape = min(FILL_RATIOS, key=lambda name: abs(FILL_RATIOS[name] - fill))
     return Reading(count, in_region(xs.mean(), ys.mean(), scene.position), shape)
+
+
+def fill_ratio(mask: np.ndarray) -> float:
+    """The share of the mask's bounding box it fills (see `FILL_RATIOS`); the mask must not be empty."""
+    ys, xs = np.nonzero(mask)
+    return len(xs) / ((xs.max() - xs.min() + 1) * (ys.max() - ys.min() + 1))
 
 
 def generate(model_dir, prompts: list[str], seeds: list[int], negative_prompts: list[str] | None = None,
@@ -80,11 +86,17 @@ class Adherence:
     pictures: int
 
 
-def held_out_readings(model_dir, **settings) -> list[tuple[data.Scene, Reading]]:
-    """Each held-out caption at every seed in `SEEDS`; `settings` as for `generate`."""
+def held_out_pictures(model_dir, **settings) -> tuple[list[data.Scene], np.ndarray]:
+    """Each held-out caption at every seed in `SEEDS`, a caption's seeds next to each other;
+    `settings` as for `generate`."""
     scenes = [scene for scene in data.held_out_scenes() for _ in SEEDS]
     images = generate(model_dir, [scene.caption for scene in scenes], list(SEEDS) * len(data.held_out_scenes()),
                       **settings)
+    return scenes, images
+
+
+def held_out_readings(model_dir, **settings) -> list[tuple[data.Scene, Reading]]:
+    scenes, images = held_out_pictures(model_dir, **settings)
     return [(scene, read(image, scene)) for scene, image in zip(scenes, images)]
 
 
