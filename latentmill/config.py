@@ -345,6 +345,12 @@ class RaySettings(_Strict):
     )
     local_num_gpus: float | None = None
     progress_bars: bool = True
+    read_ahead_rows: int | None = Field(
+        None, ge=1,
+        description="Most rows read and validated ahead of the first actor pool; the read waits beyond it, so "
+        "the driver's memory does not grow with the table. Default: four batches per actor of the first pool, "
+        "at least 1,000.",
+    )
     pending_timeout_s: float = Field(
         600.0, gt=0,
         description="Stop the job when a pool has had no actor alive this long while Ray cannot place one "

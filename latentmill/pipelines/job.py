@@ -43,6 +43,7 @@ class RunSummary:
     budget_exceeded: bool = False
     wall_seconds: float = 0.0
     seconds_to_first_output: float | None = None
+    rows_read_ahead_peak: int = 0  # the most rows that waited for the first pool (bounded by ray.read_ahead_rows)
     model: str = ""
     model_hash: str = ""
     job_fingerprint: str = ""
@@ -615,6 +616,13 @@ def _account_already_done(requests, writer, summary, job_metrics, on_progress, c
             on_progress(summary)
 
 
+def _first_pool(config: JobConfig) -> tuple[int, int]:
+    """The batch size and most actors of the pool the read feeds: decode in a decode job, else encode."""
+    pool = config.stages.decode if config.decode is not None else config.stages.encode
+    size = pool.size if isinstance(pool.size, int) else max(pool.size)
+    return pool.batch_size, size
+
+
 def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress,
             job_metrics) -> None:
     import ray
@@ -622,6 +630,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
 
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
+    from latentmill.pipelines import read_ahead
     from latentmill.pipelines.ledger import IdSet, start_ledger
     from latentmill.pipelines.plan import build_dataset, build_retry_datasets
     from latentmill.pipelines.redecode import build_decode_dataset
@@ -657,10 +666,12 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     else:  # a source manifest's ids are unique: no ledger needed
         dataset = build_decode_dataset(config, table, rules, model, options, done=done)
     workers = {stage: worker.__name__ for stage, worker in stage_workers().items()}
+    bound = read_ahead.ReadAhead(config.ray.read_ahead_rows or read_ahead.default_limit(*_first_pool(config)))
 
     def consume(dataset) -> None:
         # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
         dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
+        read_ahead.install(dataset.context, bound)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
             job_metrics.record_results(batch)
@@ -699,5 +710,6 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
             f"\n{summary.outputs_written} output(s) were saved; re-run the same command to resume"
         ) from None
     finally:
+        summary.rows_read_ahead_peak = bound.peak_rows
         ledger.stop()
         job_metrics.stop()
