@@ -56,6 +56,7 @@ def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path, capsys):
     assert re.search(r"outputs written\s+64\n", result.stdout) and re.search(r"rows failed\s+0\n", result.stdout)
     summary = json.loads((out / "summary.json").read_text())
     assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (64, 64, 0)
+    assert 0 <= summary["rows_read_ahead_peak"] <= 64  # the most that waited for the encode pool
 
 
 @pytest.mark.slow
