@@ -619,8 +619,7 @@ def _account_already_done(requests, writer, summary, job_metrics, on_progress, c
 def _first_pool(config: JobConfig) -> tuple[int, int]:
     """The batch size and most actors of the pool the read feeds: decode in a decode job, else encode."""
     pool = config.stages.decode if config.decode is not None else config.stages.encode
-    size = pool.size if isinstance(pool.size, int) else max(pool.size)
-    return pool.batch_size, size
+    return pool.batch_size, pool.max_size
 
 
 def _stream(config, table, rules, model, options, state, writer, summary, started, on_progress,

@@ -4,8 +4,8 @@ Ray Data backpressures by bytes. Prompt rows are small, so the read and validati
 far ahead of the encoders with nothing to stop them, and blocks under Ray's inline limit (100 KB: a few
 hundred prompt rows) live in the driver's heap until an encoder takes them. Measured on a 1,000,000-row
 table: the driver grew by about 2.5 KB per waiting row, 570 MiB in all, until the whole table was read.
-This policy stops the read and validate operators while more than `limit` rows wait for the first pool,
-which keeps the driver's memory independent of the table's size.
+This policy holds back the operator that feeds the first pool (validation) while more than `limit` rows
+wait there, so how much of the table sits in the driver no longer depends on the table's size.
 """
 
 from __future__ import annotations
