@@ -351,6 +351,14 @@ class RaySettings(_Strict):
         "the driver's memory does not grow with the table. Default: four batches per actor of the first pool, "
         "at least 1,000.",
     )
+    max_lineage_mb: int = Field(
+        64, ge=1,
+        description="Most memory the driver spends on Ray's lineage of finished tasks (Ray's own default is 1 GB, "
+        "which a job of millions of rows fills: the encode tasks' specifications carry their prompt blocks). "
+        "Applied when latentmill starts or joins Ray; RAY_max_lineage_bytes in the environment wins. Lower "
+        "means an intermediate block lost with a node can be rebuilt from less far back (else the job stops "
+        "and the same command resumes it).",
+    )
     pending_timeout_s: float = Field(
         600.0, gt=0,
         description="Stop the job when a pool has had no actor alive this long while Ray cannot place one "

@@ -249,6 +249,8 @@ def init_ray(config: JobConfig) -> None:
     if ray.is_initialized():
         return
     settings = config.ray
+    for name, value in ray_environment(config).items():
+        os.environ.setdefault(name, value)
     address = settings.address or os.environ.get("RAY_ADDRESS") or None
     if address and address != "local":
         _check_reachable(address)
@@ -269,6 +271,12 @@ def init_ray(config: JobConfig) -> None:
         )
     except (Exception, SystemExit) as exc:
         raise JobError(f"could not start a local Ray instance: {type(exc).__name__}: {exc}") from None
+
+
+def ray_environment(config: JobConfig) -> dict[str, str]:
+    """Ray settings the driver sets before Ray starts: Ray's core worker reads them from the environment when
+    it starts in this process, and a local Ray's own processes inherit them."""
+    return {"RAY_max_lineage_bytes": str(config.ray.max_lineage_mb * 2**20)}
 
 
 def _connects_to_cluster(config: JobConfig) -> bool:

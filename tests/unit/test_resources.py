@@ -3,6 +3,7 @@ watch on a stand-in of Ray Data's executor, and how init_ray starts or joins Ray
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 from types import SimpleNamespace
@@ -203,10 +204,21 @@ def test_a_local_run_starts_its_own_ray_even_when_a_cluster_is_running(monkeypat
     monkeypatch.setitem(__import__("sys").modules, "ray", fake)
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.setattr(resources.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(os, "environ", {name: value for name, value in os.environ.items()
+                                        if name != "RAY_max_lineage_bytes"})
     job_module.init_ray(config())
     [call] = fake.calls
     assert call["address"] == "local"  # never the cluster named in /tmp/ray/ray_current_cluster
     assert call["num_cpus"] == 4
+    assert os.environ["RAY_max_lineage_bytes"] == str(64 * 2**20)  # read by Ray as it starts
+
+
+def test_the_lineage_cap_comes_from_the_config_unless_the_environment_sets_one(monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "ray", FakeRay())
+    monkeypatch.setattr(os, "environ", {"RAY_max_lineage_bytes": "1000"})
+    job_module.init_ray(config(ray={"max_lineage_mb": 8}))
+    assert os.environ["RAY_max_lineage_bytes"] == "1000"
+    assert job_module.ray_environment(config(ray={"max_lineage_mb": 8})) == {"RAY_max_lineage_bytes": str(8 * 2**20)}
 
 
 def test_an_address_nothing_listens_at_is_a_job_error_in_seconds(monkeypatch):
