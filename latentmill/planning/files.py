@@ -5,9 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 from latentmill.planning.optimise import Plan, PlanError
-from latentmill.schema import STAGES
+from latentmill.schema import DENOISE_2, STAGES
 
-
+# A plan file may also size the second denoise pool of a two-expert model, by hand or from a plan for it.
+PLAN_POOLS = (*STAGES, DENOISE_2)
 
 
 def plan_document(plan: Plan, cpus_per_actor: float = 0.25, meta: dict[str, Any] | None = None,
@@ -44,7 +45,7 @@ def read_plan_stages(path) -> dict[str, Any]:
         raise PlanError(f"plan file {path} is not valid YAML: {exc}") from None
     if not isinstance(document, dict) or not isinstance(document.get("stages"), dict):
         raise PlanError(f"plan file {path} has no `stages:` section; write one with `latentmill plan`")
-    unknown = sorted(set(document["stages"]) - set(STAGES))
+    unknown = sorted(set(document["stages"]) - set(PLAN_POOLS))
     if unknown:
-        raise PlanError(f"plan file {path}: unknown stage(s) {', '.join(unknown)}; expected {', '.join(STAGES)}")
+        raise PlanError(f"plan file {path}: unknown stage(s) {', '.join(unknown)}; expected {', '.join(PLAN_POOLS)}")
     return document["stages"]

@@ -157,8 +157,12 @@ def test_plan_file_errors(tmp_path):
     with pytest.raises(PlanError, match="no `stages:` section"):
         read_plan_stages(bad)
     bad.write_text("stages: {vae: {size: 1}}\n")
-    with pytest.raises(PlanError, match="unknown stage"):
+    with pytest.raises(PlanError, match="unknown stage.s. vae; expected encode, denoise, decode, denoise_2"):
         read_plan_stages(bad)
+    bad.write_text("stages: {denoise_2: {size: 3, num_gpus: 1}}\n")  # a two-expert model's second pool
+    from latentmill.config import StageSettings
+
+    assert StageSettings.model_validate(read_plan_stages(bad)).denoise_2.size == 3
     with pytest.raises(PlanError, match="cannot read"):
         read_plan_stages(tmp_path / "missing.yaml")
 
