@@ -40,7 +40,9 @@ def steady_window(curve: Curve, lo: float = 0.2, hi: float = 0.9, not_before: fl
 
     The window starts at the arrival that completes `lo` of all rows (or the first arrival at or after
     `not_before`, e.g. once every actor is up, whichever is later) and ends at the arrival that completes
-    `hi` of them. Rows in the window are those that arrived after its start, up to and including its end;
+    `hi` of them, but never at the last arrival: the drain, where the last batches pass stages no longer
+    busy with later ones and often reach the driver together (on a short run `hi` of the rows may be
+    all of them). Rows in the window are those that arrived after its start, up to and including its end;
     so the rate counts whole batches between two arrivals, without the ramp-up or the drain.
     """
     if not 0 <= lo < hi <= 1:
@@ -54,7 +56,7 @@ def steady_window(curve: Curve, lo: float = 0.2, hi: float = 0.9, not_before: fl
         if not later:
             return None
         start_index = max(start_index, later[0])
-    end_index = next(i for i, (_, n) in enumerate(curve) if n >= hi * total)
+    end_index = min(next(i for i, (_, n) in enumerate(curve) if n >= hi * total), len(curve) - 2)
     if end_index <= start_index:
         end_index = len(curve) - 1
     if end_index <= start_index:

@@ -43,6 +43,14 @@ def test_steady_rate_is_the_slope_not_the_endpoints():
     assert ar.slope([(0, 1), (1, 3), (2, 5)]) == pytest.approx(2.0)
 
 
+def test_a_short_runs_last_batches_arriving_together_do_not_count():
+    # 48 rows on one H200 (BENCHMARKS.md section 7): one batch of 8 every 6-7 s, the last two together.
+    curve = [(52.23, 8), (58.95, 16), (65.19, 24), (72.02, 32), (77.66, 40), (77.67, 48)]
+    assert ar.steady_window(curve)[1:] == (77.66, 24)
+    assert ar.steady_rate(curve) == pytest.approx(1.27, abs=0.02)  # 1.50 with the last arrival in
+    assert ar.steady_window([(1.0, 4), (2.0, 8)]) == (1.0, 2.0, 4)  # two arrivals: no drain to leave out
+
+
 def test_steady_rate_degenerate_curves():
     assert ar.steady_rate([]) is None
     assert ar.steady_rate([(5.0, 48)]) is None  # everything in one batch: no rate to measure
