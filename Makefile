@@ -7,9 +7,6 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.latentmill-installed
 PYTEST_ARGS ?=
-# Test processes, each with its own local Ray and S3 server: the tests wait on process start-up and I/O
-# a third of the time, so two share two cores well. TEST_WORKERS=0 runs them in this one process.
-TEST_WORKERS ?= 2
 
 .PHONY: setup demo test clean
 
@@ -27,7 +24,7 @@ demo: setup
 
 test: setup
 	bash infra/install-test-services.sh
-	$(PY) -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(PY) -m pytest $(PYTEST_ARGS)
 
 clean:
 	rm -rf out .pytest_cache
