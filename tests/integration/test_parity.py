@@ -2,17 +2,13 @@
 
 from __future__ import annotations
 
-import hashlib
-
-import numpy as np
 import pytest
 
 from latentmill import schema
 from latentmill.io import media, storage
 from latentmill.models import resolve_model
-from latentmill.rows import request_from
 
-from tests.helpers import decode_media, generate, read_parquet_folder, write_table
+from tests.helpers import check_against_reference, generate, read_parquet_folder, write_table
 
 pytestmark = pytest.mark.slow
 
@@ -24,34 +20,6 @@ PROMPTS = [
     {"prompt": "مرحبا بالعالم", "guidance_scale": 1.0},
     {"prompt": "two rows with other steps", "num_inference_steps": 2},
 ]
-
-
-def reference_frames(model_path: str, manifest_rows: list[dict]) -> dict[str, np.ndarray]:
-    family = resolve_model(model_path).family()
-    pipe = family.reference_pipeline()
-    pipe.set_progress_bar_config(disable=True)
-    frames = {}
-    for row in manifest_rows:
-        request = request_from(row, tuple(family.extra_parameters))
-        frames[row[schema.ID]] = media.to_uint8(family.reference_generate(pipe, request))
-    return frames
-
-
-def check_against_reference(output_uri: str, model_path: str, expected_rows: int) -> list[dict]:
-    fs, root = storage.resolve(output_uri)
-    manifest = read_parquet_folder(fs, storage.join(root, "manifest")).to_pylist()
-    assert len(manifest) == expected_rows
-    assert len({row[schema.ID] for row in manifest}) == expected_rows
-    reference = reference_frames(model_path, manifest)
-    for row in manifest:
-        data = storage.read_bytes(*storage.resolve(row[schema.OUTPUT_URI]))
-        assert hashlib.sha256(data).hexdigest() == row[schema.SHA256]
-        assert len(data) == row[schema.BYTES]
-        got = decode_media(data, row[schema.MIME_TYPE]).astype(int)
-        want = reference[row[schema.ID]].astype(int)
-        assert got.shape == want.shape, row[schema.ID]
-        assert np.abs(got - want).max() <= 2, f"row {row[schema.ID]} differs from plain diffusers"
-    return manifest
 
 
 # Batches of four mixed rows; that a row equals itself alone, whatever its batch mates, is checked per
