@@ -56,26 +56,16 @@ def profile_row_bytes(name: str) -> dict[str, float]:
 CALL_OVERHEAD_S = 0.025
 
 
-def host_row_seconds(profile_name: str) -> dict[str, float]:
-    """Host time per row that the decode actor adds to its simulated VAE: media encoding and the write."""
-    import tempfile
+def host_row_seconds(profile_name: str, time_scale: float = 1.0, size: int | None = None) -> dict[str, float]:
+    """Host time per row that the decode actor adds to its simulated VAE (media encoding and the write),
+    measured at the run's output size: `size` x `size`, or the profile's real size."""
+    from latentmill.bench.device_compare import decode_host_seconds, simulated_model_name
+    from latentmill.models import resolve_model
 
-    import numpy as np
-
-    from latentmill.io import media, storage
-    from latentmill.models.simulated import SIMULATED_PROFILES
-
-    video = SIMULATED_PROFILES[profile_name].is_video
-    frames = np.zeros((2 if video else 1, 16, 16, 3), dtype=np.uint8)
-    with tempfile.TemporaryDirectory() as folder:
-        fs, root = storage.resolve(folder, {})
-        started = time.perf_counter()
-        repeats = 5
-        for i in range(repeats):
-            data = media.encode_video(frames, 16.0, "mp4") if video else media.encode_image(frames[0], "png")
-            storage.put_bytes(fs, storage.join(root, f"probe-{i}"), data)
-        per_row = (time.perf_counter() - started) / repeats
-    return {"encode": 0.0, "denoise": 0.0, "decode": per_row}
+    family = resolve_model(simulated_model_name(f"builtin:sim-{profile_name}", time_scale)).family()
+    params = {**family.generation_defaults(), **({"height": size, "width": size} if size else {})}
+    return {"encode": 0.0, "denoise": 0.0,
+            "decode": decode_host_seconds(family, params, "mp4" if family.is_video else "png")}
 
 
 def point_plan(profile_name: str, devices: int, headroom: float = 0.15, time_scale: float = 1.0,
@@ -92,8 +82,8 @@ def point_plan(profile_name: str, devices: int, headroom: float = 0.15, time_sca
 
 
 def scaling_point(profile_name: str, devices: int, batches_per_device: int, out: Path,
-                  headroom: float = 0.15, time_scale: float = 1.0, host: dict[str, float] | None = None
-                  ) -> dict[str, Any]:
+                  headroom: float = 0.15, time_scale: float = 1.0, host: dict[str, float] | None = None,
+                  size: int | None = None) -> dict[str, Any]:
     from latentmill.bench.monitor import ProcessMonitor
     from latentmill.config import load_config
     from latentmill.pipelines.job import run_job
@@ -103,7 +93,7 @@ def scaling_point(profile_name: str, devices: int, batches_per_device: int, out:
     plan = point_plan(profile_name, devices, headroom, time_scale, host)
     stages = plan.stages_section(cpus_per_actor=0.01)
     rows = devices * profile.denoise_batch * batches_per_device
-    table = make_prompt_table(out / "inputs" / f"prompts-{rows}.parquet", rows)
+    table = make_prompt_table(out / "inputs" / f"prompts-{rows}-{size or 'real'}.parquet", rows, size=size)
     output = out / "runs" / f"scaling-{profile_name}-{devices}"
     if output.exists():
         shutil.rmtree(output)
@@ -202,7 +192,7 @@ def run_scaling(args) -> dict[str, Any]:
     device_counts = [int(d) for d in args.devices.split(",") if d.strip()]
     # One local Ray instance for every point, with logical GPUs for the largest plan: starting Ray
     # again for each point costs time and, on a loaded machine, sometimes fails to start at all.
-    host = {p: host_row_seconds(p) for p in profiles}
+    host = {p: host_row_seconds(p, args.time_scale, args.size) for p in profiles}
     gpus = max(math.ceil(point_plan(p, d, time_scale=args.time_scale, host=host[p]).devices_used + 1e-9)
                for p in profiles for d in device_counts)
     ray.init(num_cpus=4, num_gpus=gpus, include_dashboard=False, log_to_driver=True)
@@ -211,7 +201,7 @@ def run_scaling(args) -> dict[str, Any]:
         for profile in profiles:
             for devices in device_counts:
                 point = scaling_point(profile, devices, args.batches_per_device, out, time_scale=args.time_scale,
-                                      host=host[profile])
+                                      host=host[profile], size=args.size)
                 log.info("bench scaling: %s x%d: %.3g rows/s steady, efficiency %s", profile, devices,
                          point["steady_rows_per_s"] or 0, ar.fmt(point["efficiency"]))
                 points.append(point)
@@ -243,7 +233,8 @@ def _linearity(points: list[dict[str, Any]]) -> dict[str, dict[int, float | None
 def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
     report = {
         "command": f"latentmill bench scaling --profiles {args.profiles} --devices {args.devices} "
-                   f"--batches-per-device {args.batches_per_device} --time-scale {args.time_scale:g}",
+                   f"--batches-per-device {args.batches_per_device} --time-scale {args.time_scale:g}"
+                   + (f" --size {args.size}" if args.size else ""),
         "machine": machine_description(),
         "points": points,
         "linearity": _linearity(points),

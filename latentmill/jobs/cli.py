@@ -284,6 +284,9 @@ def _bench_parser(subparsers) -> None:
                      help="denoiser batches each device runs (run length; default 30)")
     sim.add_argument("--time-scale", type=float, default=1.0,
                      help="multiply every simulated time (default 1: denoiser batches of 1.2-2 s)")
+    sim.add_argument("--size", type=int, default=None,
+                     help="height and width of every row's output (default: the profile's real size, whose media "
+                     "encoding a small host cannot keep up with at many devices; e.g. 64 to measure the rest)")
     sim.add_argument("--out", type=Path, default=Path("bench-results"),
                      help="folder for scaling.json, scaling.md and the runs' outputs (default bench-results)")
     report = kinds.add_parser("report", help="re-derive the steady-state figures of a compare.json or "

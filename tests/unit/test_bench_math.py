@@ -51,6 +51,14 @@ def test_a_short_runs_last_batches_arriving_together_do_not_count():
     assert ar.steady_window([(1.0, 4), (2.0, 8)]) == (1.0, 2.0, 4)  # two arrivals: no drain to leave out
 
 
+def test_scaling_sizes_decoders_on_the_host_time_of_the_runs_output_size():
+    from latentmill.bench.scaling import host_row_seconds
+
+    small = host_row_seconds("sdxl-30", time_scale=0.001, size=64)["decode"]
+    real = host_row_seconds("sdxl-30", time_scale=0.001)["decode"]  # a 1024x1024 PNG
+    assert 0 <= small < real
+
+
 def test_steady_rate_degenerate_curves():
     assert ar.steady_rate([]) is None
     assert ar.steady_rate([(5.0, 48)]) is None  # everything in one batch: no rate to measure
