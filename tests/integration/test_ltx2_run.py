@@ -49,6 +49,7 @@ def test_ltx2_run_writes_mp4s_with_sound(ray_local, tmp_path, capsys):
             video, audio = media.streams.video[0], media.streams.audio[0]
             assert (video.codec_context.name, audio.codec_context.name) == ("h264", "aac")
             assert video.frames == row[schema.NUM_FRAMES]
+            assert (video.codec_context.height, video.codec_context.width) == (row[schema.HEIGHT], row[schema.WIDTH])
             assert float(audio.duration * audio.time_base) == pytest.approx(row[schema.AUDIO_SECONDS], abs=1e-3)
             assert float(video.duration * video.time_base) == pytest.approx(video_seconds, abs=1e-3)
             sound = np.concatenate([frame.to_ndarray() for frame in media.decode(audio)], axis=1)

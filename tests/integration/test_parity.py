@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 
 from latentmill import schema
-from latentmill.io import media, storage
 from latentmill.models import resolve_model
 
-from tests.helpers import check_against_reference, generate, read_parquet_folder, write_table
+from tests.helpers import check_against_reference, generate, write_table
 
 pytestmark = pytest.mark.slow
 
@@ -105,21 +104,6 @@ def test_video_families_match_plain_diffusers(ray_local, tmp_path, model):
             assert by_prompt[given["prompt"]][name] == value, (model, name)
         if resolve_model(f"builtin:{model}").family().has_audio:  # apng carries no sound, and says so
             assert by_prompt[given["prompt"]][schema.AUDIO_SAMPLE_RATE] is None
-
-
-def test_tiny_video_mp4_decodes_to_the_requested_frames(ray_local, tmp_path):
-    rows = [{"prompt": "a river", "num_frames": 5}, {"prompt": "a forest"}]
-    table = write_table(tmp_path / "prompts.parquet", rows)
-    summary, _ = generate(str(table), str(tmp_path / "out"), model="builtin:tiny-video")
-    assert summary.outputs_written == 2
-    fs, root = storage.resolve(str(tmp_path / "out"))
-    manifest = read_parquet_folder(fs, storage.join(root, "manifest")).to_pylist()
-    for row in manifest:
-        data = storage.read_bytes(*storage.resolve(row[schema.OUTPUT_URI]))
-        assert row[schema.MIME_TYPE] == "video/mp4" and data[4:8] == b"ftyp"
-        frames = media.decode_video(data)
-        assert frames.shape == (row[schema.NUM_FRAMES], row[schema.HEIGHT], row[schema.WIDTH], 3)
-    assert sorted(row[schema.NUM_FRAMES] for row in manifest)[0] == 5
 
 
 def test_wan22_two_experts_in_one_denoise_pool_match_plain_diffusers(ray_local, tmp_path):
