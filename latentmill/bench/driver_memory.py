@@ -2,8 +2,10 @@
 
 Runs `latentmill run` in a subprocess on a simulated model whose times are shrunk (`@SCALE`: the point
 is the driver's memory, not speed; the prompt embeddings keep their real size) and samples that
-process's RSS with psutil every 0.2 s; the peak RSS of Ray's worker processes by type (the id ledger's
-shards, the validation tasks, the stage actors) is sampled alongside. Rows ask for small pictures
+process's RSS with psutil every 0.2 s; the peak RSS and USS of Ray's worker processes by type (the id
+ledger's shards, the validation tasks, the stage actors) are sampled alongside every second. USS counts
+only a process's own pages: RSS also counts the object-store pages a task maps to read its blocks, which
+grow with the store's use, not with what the process keeps. Rows ask for small pictures
 (`--size`, 64x64) and each run's media is deleted after it: a million real-size PNGs would cost hours
 of encoding and hundreds of GB, and neither touches the driver.
 """
@@ -52,7 +54,7 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
     started = time.perf_counter()
     log_file = out / "runs" / f"driver-memory-{rows}.log"
     log_file.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_file, "w") as log_handle, ProcessMonitor(interval=1.0, uss=False, gpu=False) as workers:
+    with open(log_file, "w") as log_handle, ProcessMonitor(interval=1.0, uss=True, gpu=False) as workers:
         process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT)
         driver = psutil.Process(process.pid)
         series: list[tuple[float, float]] = []
@@ -88,7 +90,7 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
         "command": " ".join(command),
         "job": job,
         "rss_series_mb": series[::step],
-        "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"]}
+        "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"], "peak_uss_mb": v["peak_uss_mb"]}
                     for kind, v in workers.summary().items()},
     }
 
@@ -127,8 +129,12 @@ def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
         md.append(f"Peak RSS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {growth:+.1%}")
     kinds = sorted({kind for p in points for kind in p.get("workers", {})})
     if kinds:
+        def peak(point, kind, measure):
+            return (point.get("workers", {}).get(kind) or {}).get(measure)
+
         md += ["", ar.markdown_table(
-            ["Ray process type", *(f"peak RSS MiB at {p['rows']} rows" for p in points)],
-            [[kind, *((p.get("workers", {}).get(kind) or {}).get("peak_rss_mb") for p in points)] for kind in kinds])]
+            ["Ray process type", *(f"peak {name} MiB at {p['rows']} rows" for name in ("RSS", "USS") for p in points)],
+            [[kind, *(peak(p, kind, measure) for measure in ("peak_rss_mb", "peak_uss_mb") for p in points)]
+             for kind in kinds])]
     (out / "driver_memory.md").write_text("\n".join(md) + "\n")
     return report

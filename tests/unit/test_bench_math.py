@@ -251,3 +251,26 @@ def test_simulated_whole_pipeline_runs_every_stage_for_the_peer(tmp_path, monkey
     assert result.stage_seconds["denoise"] >= (t0 + 2 * t1) * 0.99
     assert set(result.stage_seconds) == {"encode", "denoise", "decode"}
     assert not np.array_equal(result.images[0], result.images[1])  # rows differ by their seed
+
+
+def test_driver_memory_report_separates_each_process_types_rss_and_uss(tmp_path):
+    from types import SimpleNamespace
+
+    from latentmill.bench.driver_memory import _write
+
+    def point(rows, driver, read_rss, read_uss):
+        return {"rows": rows, "peak_rss_mb": driver, "rss_at_end_mb": driver, "wall_seconds": 10.0,
+                "rows_per_s": rows / 10, "outputs_written": rows, "rows_failed": 0,
+                "workers": {"ReadParquet": {"processes": 2, "peak_rss_mb": read_rss, "peak_uss_mb": read_uss}}}
+
+    args = SimpleNamespace(rows="1000,10000", model="builtin:sim-sd15-50@0.002", batch_size=256, size=64)
+    report = _write(tmp_path, [point(1000, 300.0, 200.0, 100.0), point(10000, 330.0, 320.0, 105.0)], args)
+    assert report["growth_first_to_last"] == pytest.approx(0.10)
+    markdown = (tmp_path / "driver_memory.md").read_text()
+    assert "Peak RSS growth from 1000 to 10000 rows: +10.0%" in markdown
+    header = next(line for line in markdown.splitlines() if line.startswith("| Ray process type"))
+    assert [cell.strip() for cell in header.strip("|").split("|")] == [
+        "Ray process type", "peak RSS MiB at 1000 rows", "peak RSS MiB at 10000 rows",
+        "peak USS MiB at 1000 rows", "peak USS MiB at 10000 rows"]
+    row = next(line for line in markdown.splitlines() if line.startswith("| ReadParquet"))
+    assert [cell.strip() for cell in row.strip("|").split("|")][1:] == ["200", "320", "100", "105"]
