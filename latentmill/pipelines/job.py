@@ -638,6 +638,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines import read_ahead
+    from latentmill.pipelines.heap import HeapTrimmer
     from latentmill.pipelines.ledger import IdSet, start_ledger
     from latentmill.pipelines.plan import build_dataset, build_retry_datasets
     from latentmill.pipelines.redecode import build_decode_dataset
@@ -674,6 +675,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
         dataset = build_decode_dataset(config, table, rules, model, options, done=done)
     workers = {stage: worker.__name__ for stage, worker in stage_workers().items()}
     bound = read_ahead.ReadAhead(config.ray.read_ahead_rows or read_ahead.default_limit(*_first_pool(config)))
+    heap = HeapTrimmer()
 
     def consume(dataset) -> None:
         # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
@@ -686,6 +688,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
                 summary.seconds_to_first_output = time.perf_counter() - started
             if on_progress:
                 on_progress(summary)
+            heap.maybe_trim()
 
     try:
         consume(dataset)
