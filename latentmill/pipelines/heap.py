@@ -32,7 +32,6 @@ class HeapTrimmer:
         self.interval_s, self.clock = interval_s, clock
         self.trim = trim if trim is not None else _malloc_trim()
         self.last = clock()
-        self.trims = 0
 
     def maybe_trim(self) -> None:
         if self.trim is None:
@@ -41,4 +40,3 @@ class HeapTrimmer:
         if now - self.last >= self.interval_s:
             self.last = now
             self.trim(0)
-            self.trims += 1
