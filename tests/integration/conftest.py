@@ -7,16 +7,6 @@ from pathlib import Path
 
 import pytest
 
-HERE = Path(__file__).parent
-
-
-def pytest_collection_modifyitems(items):
-    """Under pytest-xdist (`make test`), every test here runs in one worker: they share one local Ray, and
-    a second Ray beside it would only compete for the same cores. The tests without Ray fill the other."""
-    for item in items:
-        if HERE in Path(item.path).parents:
-            item.add_marker(pytest.mark.xdist_group("ray"))
-
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory) -> Path:
