@@ -1,4 +1,4 @@
-"""CPU a stage actor spends loading and leaving, with the garbage collector paused while it loads and without.
+"""CPU a stage actor spends loading and leaving, with full garbage collections paused while it loads and without.
 
     LATENTMILL_CACHE=/tmp/lm .venv/bin/python benchmarks/actor_start.py [--model builtin:tiny-flux] [--repeats 3]
 
@@ -7,7 +7,8 @@ already), unpickles a stage worker's arguments as the driver builds them (the jo
 this process), builds the worker and reports the CPU it has used, from its start, once the worker has
 loaded. The parent takes the child's whole CPU from the OS when it has exited, so the difference is what
 the child spent leaving (Python's collections at exit). "paused" is the stage workers' default
-(`collector_paused_then_frozen`); "running" swaps it for a plain context to measure how it was before.
+(`full_collections_paused_then_frozen`: no full collections while loading, then one, then a freeze);
+"running" swaps it for a plain context to measure how it was before.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def child(arguments: Path, collector: str) -> None:
     from latentmill.actors import stages
 
     if collector == "running":
-        stages.collector_paused_then_frozen = contextlib.nullcontext
+        stages.full_collections_paused_then_frozen = contextlib.nullcontext
     getattr(stages, class_name)(**kwargs)
     print(json.dumps({"loaded": time.process_time()}))
 
@@ -86,7 +87,7 @@ def main() -> None:
         return
     arguments = worker_arguments(args.model, Path(tempfile.mkdtemp(prefix="latentmill-actor-start-")))
     print(f"model {args.model}, {args.repeats} fresh processes each (median); CPU seconds per stage worker")
-    print("| stage | collector while loading | CPU until loaded (from the process's start) | CPU leaving | CPU in all |")
+    print("| stage | full collections while loading | CPU until loaded (from the process's start) | CPU leaving | CPU in all |")
     print("|---|---|---|---|---|")
     for stage in arguments:
         runs = {"running": [], "paused": []}
