@@ -40,7 +40,7 @@ def full_collections_paused_then_frozen():
     torch, diffusers and transformers leave ~400,000 long-lived objects behind, and every full collection
     rescans all of them: while they import (full collections that free a few hundred objects), in every
     later one, and in those Python runs at exit. Measured per tiny-model actor (benchmarks/actor_start.py):
-    loading 3.4 -> 3.0 CPU-s, exiting 0.75 -> 0.15. The young generations are still collected while
+    loading 3.5 -> 3.1 CPU-s, exiting 0.8 -> 0.15. The young generations are still collected while
     loading, so cycles that die young (a caught exception's frames holding a tensor) go as before. One
     collection after the load frees the rest of its garbage; freezing what survives takes it out of all
     later ones.
