@@ -34,22 +34,15 @@ def worker_arguments(model: str, folder: Path) -> dict[str, Path]:
     from latentmill.bench.compare import make_prompt_table
     from latentmill.config import JobConfig
     from latentmill.pipelines.job import prepare
-    from latentmill.pipelines.plan import decode_kwargs, worker_kwargs
+    from latentmill.pipelines.plan import stage_constructors
 
     config = JobConfig.model_validate({"input": {"uri": str(make_prompt_table(folder / "prompts.parquet", 4))},
                                        "output": {"uri": str(folder / "out")}, "model": {"path": model}})
     options, _, ref, _, rules = prepare(config)
-    arguments = {
-        "encode": ("TextEncodeWorker", worker_kwargs(config.stages.encode, ref)),
-        "denoise": ("DenoiseWorker", {**worker_kwargs(config.stages.denoise, ref),
-                                      "options": config.stages.denoise_options}),
-        "decode": ("DecodeWorker", {**worker_kwargs(config.stages.decode, ref),
-                                    **decode_kwargs(config, ref, rules, options)}),
-    }
     paths = {}
-    for stage, value in arguments.items():
-        paths[stage] = folder / f"{stage}.pickle"
-        paths[stage].write_bytes(pickle.dumps(value))
+    for name, _, worker, kwargs in stage_constructors(config, rules, ref, options):
+        paths[name] = folder / f"{name}.pickle"
+        paths[name].write_bytes(pickle.dumps((worker.__name__, kwargs)))
     return paths
 
 
@@ -87,7 +80,8 @@ def main() -> None:
         return
     arguments = worker_arguments(args.model, Path(tempfile.mkdtemp(prefix="latentmill-actor-start-")))
     print(f"model {args.model}, {args.repeats} fresh processes each (median); CPU seconds per stage worker")
-    print("| stage | full collections while loading | CPU until loaded (from the process's start) | CPU leaving | CPU in all |")
+    print("| stage | full collections while loading | CPU until loaded (from the process's start) | CPU leaving "
+          "| CPU in all |")
     print("|---|---|---|---|---|")
     for stage in arguments:
         runs = {"running": [], "paused": []}

@@ -3,10 +3,12 @@
     .venv/bin/python benchmarks/cpu_by_process.py [--top 25] -- COMMAND [ARG ...]
 
 Runs COMMAND and reads every process's CPU time (user + system, all threads) from /proc every 0.3 s until
-COMMAND exits, then sums it by process title: a Ray actor under its class (`ray::MapWorker(MapBatches(
-DenoiseWorker))...`), a Ray task worker under the task it ran longest, anything else under its command
-line. A process is counted from when it was first seen, so one that lives less than 0.3 s, or CPU spent
-before the first sample, is missed: the figures are a floor. Linux only.
+COMMAND exits, then sums it by process type: a Ray actor under its class (`DenoiseWorker` for
+`ray::MapWorker(MapBatches(DenoiseWorker))`, as `latentmill bench` names them), a Ray task worker under the
+first task it was seen running, anything else under its command line. Unlike `latentmill bench`'s monitor,
+which follows its own Ray's processes, it reads every process on the machine: a test suite starts Ray
+clusters of its own. A process is counted from when it was first seen, so one that lives less than 0.3 s, or
+CPU spent before the first sample, is missed: the figures are a floor. Linux only.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ import collections
 import os
 import subprocess
 import time
+
+from latentmill.bench.monitor import worker_kind
 
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -39,9 +43,8 @@ def snapshot() -> dict[tuple[str, int], tuple[str, float]]:
 
 
 def process_type(title: str) -> str:
-    if title.startswith("ray::"):
-        return title.split()[0]
-    return title[:80] or "(no command line)"
+    """A Ray worker's type as `latentmill bench` names it (`DenoiseWorker`, `IdLedger`), else the command."""
+    return worker_kind([title]) or title[:80] or "(no command line)"
 
 
 def main() -> None:

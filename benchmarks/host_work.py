@@ -29,11 +29,10 @@ def stage_cpu_per_row(model: str, rows: int, batch_size: int, png_compress_level
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
-    from latentmill.actors.stages import DecodeWorker, DenoiseWorker, TextEncodeWorker
     from latentmill.bench.compare import make_prompt_table
     from latentmill.config import JobConfig
     from latentmill.pipelines.job import prepare
-    from latentmill.pipelines.plan import decode_kwargs, worker_kwargs
+    from latentmill.pipelines.plan import stage_constructors
     from latentmill.pipelines.validate import validate_batch
 
     work = Path(tempfile.mkdtemp(prefix="latentmill-host-work-"))
@@ -42,11 +41,7 @@ def stage_cpu_per_row(model: str, rows: int, batch_size: int, png_compress_level
         "input": {"uri": str(table_path)}, "output": {"uri": str(work / "out"), "png_compress_level": png_compress_level},
         "model": {"path": model}})
     options, _, ref, _, rules = prepare(config)
-    workers = {
-        "encode": TextEncodeWorker(**worker_kwargs(config.stages.encode, ref)),
-        "denoise": DenoiseWorker(**worker_kwargs(config.stages.denoise, ref), options=config.stages.denoise_options),
-        "decode": DecodeWorker(**worker_kwargs(config.stages.decode, ref), **decode_kwargs(config, ref, rules, options)),
-    }
+    workers = {name: worker(**kwargs) for name, _, worker, kwargs in stage_constructors(config, rules, ref, options)}
     block = BlockAccessor.batch_to_block(validate_batch(pq.read_table(table_path), rules))
     cpu = {}
     for stage, worker in workers.items():

@@ -101,6 +101,15 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
     ds = ds.repartition(target_num_rows_per_block=smallest_batch)
 
+    for _, pool, worker, kwargs in stage_constructors(config, rules, model, storage_options, encode):
+        ds = ds.map_batches(worker, fn_constructor_kwargs=kwargs, **pool_args(pool))
+    return ds
+
+
+def stage_constructors(config: JobConfig, rules: RowRules, model: ModelRef, storage_options: dict[str, Any],
+                       encode: bool = True):
+    """(pool name, pool settings, worker class, constructor arguments) of each pool, as the job starts them
+    (benchmarks build the same workers in their own processes from these)."""
     workers = stage_workers()
     split = config.stages.denoise_2 is not None
     forwarding = conditioning_forwarding(config)
@@ -126,8 +135,7 @@ def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storag
             kwargs.update(decode_kwargs(config, model, rules, storage_options))
             if forwarding:
                 kwargs["keep_conditioning_for"] = gate_rejections(config)
-        ds = ds.map_batches(workers[stage], fn_constructor_kwargs=kwargs, **pool_args(pool))
-    return ds
+        yield pool_name, pool, workers[stage], kwargs
 
 
 def gate_rejections(config: JobConfig) -> tuple[tuple[str, str], ...]:
