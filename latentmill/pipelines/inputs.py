@@ -13,7 +13,7 @@ import functools
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from latentmill import schema
 
@@ -40,6 +40,7 @@ class PromptTable:
     arrow_schema: Any = None
     file_rows: tuple[int, ...] = ()  # rows of each file, in `files` order
     file_bytes: tuple[int, ...] = ()  # uncompressed size of each file's data (footer estimate)
+    file_row_groups: tuple[tuple[int, ...], ...] = ()  # rows of each row group of each file
 
 
 def _list_files(fs, path: str) -> list[str]:
@@ -120,16 +121,18 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
         uri=uri,
         files=tuple(files),
         columns=columns,
-        num_rows=sum(rows for _, rows, _ in footers),
+        num_rows=sum(sum(groups) for _, groups, _ in footers),
         filesystem=fs,
         arrow_schema=pa.schema([pa.field(c, fields[c]) for c in columns]),
-        file_rows=tuple(rows for _, rows, _ in footers),
+        file_rows=tuple(sum(groups) for _, groups, _ in footers),
         file_bytes=tuple(size for _, _, size in footers),
+        file_row_groups=tuple(groups for _, groups, _ in footers),
     )
 
 
-def _read_footers(fs, files: list[str]) -> list[tuple[Any, int, int]]:
-    """(arrow schema, rows, uncompressed bytes) of each file, from its footer; in `files` order."""
+def _read_footers(fs, files: list[str]) -> list[tuple[Any, tuple[int, ...], int]]:
+    """(arrow schema, rows of each row group, uncompressed bytes) of each file, from its footer; in `files`
+    order."""
     if len(files) == 1:
         return [_read_footer(fs, files[0])]
     from concurrent.futures import ThreadPoolExecutor
@@ -138,7 +141,7 @@ def _read_footers(fs, files: list[str]) -> list[tuple[Any, int, int]]:
         return list(pool.map(functools.partial(_read_footer, fs), files))  # the first failure, in order
 
 
-def _read_footer(fs, file: str) -> tuple[Any, int, int]:
+def _read_footer(fs, file: str) -> tuple[Any, tuple[int, ...], int]:
     import pyarrow.parquet as pq
 
     from latentmill.io.storage_errors import display_uri
@@ -147,8 +150,8 @@ def _read_footer(fs, file: str) -> tuple[Any, int, int]:
         with fs.open(file, "rb") as handle:
             metadata = pq.ParquetFile(handle).metadata
             file_schema = metadata.schema.to_arrow_schema()
-            size = sum(metadata.row_group(i).total_byte_size for i in range(metadata.num_row_groups))
-            return file_schema, metadata.num_rows, size
+            groups = [metadata.row_group(i) for i in range(metadata.num_row_groups)]
+            return file_schema, tuple(g.num_rows for g in groups), sum(g.total_byte_size for g in groups)
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types for a non-Parquet file
         raise InputError(
             f"{display_uri(fs, file)!r} is not a readable Parquet file ({_cause(exc)}); "
@@ -215,15 +218,17 @@ def _number_kind(kind) -> str | None:
 # --------------------------------------------------------------------------------------------
 
 
-def read_file(fs, file: str, arrow_schema, rows: int = 0) -> Iterator[Any]:
-    """One file's rows as pyarrow tables: the table's unified columns (all null where the file lacks
-    one) plus READ_ERROR and READ_POSITION.
+def read_file(fs, file: str, arrow_schema, rows: int = 0, row_groups: range | None = None,
+              first_row: int = 0) -> Iterator[Any]:
+    """One file's rows (or those of its `row_groups`, the first of which is the file's row `first_row`) as
+    pyarrow tables: the table's unified columns (all null where the file lacks one) plus READ_ERROR and
+    READ_POSITION.
 
     Never raises for the file's data: rows that cannot be read (a corrupt data page, a truncated file, a
     value that does not fit the column's unified type) come out as rows with only READ_ERROR (why, naming
     the file and the fix) and READ_POSITION (`<file>#<row>`) set, which validation turns into error rows.
-    A damaged row group costs its own rows only. `rows` is the file's row count from its footer, for a
-    file that can no longer be opened at all.
+    A damaged row group costs its own rows only. `rows` is the row count of what is read, from the
+    footer read on the driver, for a file that can no longer be opened at all.
     """
     import pyarrow.parquet as pq
 
@@ -233,19 +238,20 @@ def read_file(fs, file: str, arrow_schema, rows: int = 0) -> Iterator[Any]:
     try:
         handle = fs.open(file, "rb")
     except Exception as exc:  # noqa: BLE001 - fsspec/s3fs raise many types
-        yield from _unreadable(arrow_schema, shown, 0, rows, exc)
+        yield from _unreadable(arrow_schema, shown, first_row, rows, exc)
         return
     with handle:
         try:
             parquet = pq.ParquetFile(handle)
-            groups = [parquet.metadata.row_group(i).num_rows for i in range(parquet.num_row_groups)]
+            chosen = row_groups if row_groups is not None else range(parquet.num_row_groups)
+            groups = [(group, parquet.metadata.row_group(group).num_rows) for group in chosen]
             present = set(parquet.schema_arrow.names)
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
-            yield from _unreadable(arrow_schema, shown, 0, rows, exc)
+            yield from _unreadable(arrow_schema, shown, first_row, rows, exc)
             return
         columns = [name for name in arrow_schema.names if name in present]
-        done = 0  # rows of this file yielded so far, read or not
-        for group, group_rows in enumerate(groups):
+        done = first_row  # the file's rows yielded so far, read or not
+        for group, group_rows in groups:
             end = done + group_rows
             try:
                 for batch in parquet.iter_batches(batch_size=READ_BATCH_ROWS, row_groups=[group], columns=columns):
@@ -322,9 +328,49 @@ def read_schema(arrow_schema):
     return arrow_schema.append(pa.field(READ_ERROR, pa.string())).append(pa.field(READ_POSITION, pa.string()))
 
 
-def _read_files(fs, files: tuple[str, ...], rows: tuple[int, ...], arrow_schema) -> Iterator[Any]:
-    for file, count in zip(files, rows):
-        yield from read_file(fs, file, arrow_schema, count)
+class ReadPiece(NamedTuple):
+    """Consecutive row groups of one file: what a read task reads of that file."""
+
+    file: str
+    row_groups: range
+    first_row: int  # the file's row number of the first row of `row_groups`
+    rows: int
+
+
+def read_pieces(table: PromptTable, tasks: int) -> list[list[ReadPiece]]:
+    """The table's row groups, in order, cut into at most `tasks` read tasks of about equal rows.
+
+    A large file is split between tasks by its row groups rather than read whole by one task: every
+    task is then short, and its blocks' bookkeeping (in the driver, which owns the task) ends with it.
+    Small files share a task. Files without rows are left out.
+    """
+    tasks = max(1, tasks)
+    chosen: list[list[ReadPiece]] = []
+    current: list[ReadPiece] = []
+    cut = 1  # the next cut falls after `cut / tasks` of the table's rows
+    read = 0  # the table's rows before this row group and in it
+    for file, groups in zip(table.files, table.file_row_groups):
+        start, first_row, rows = 0, 0, 0
+        for group, group_rows in enumerate(groups):
+            rows += group_rows
+            read += group_rows
+            if cut < tasks and read * tasks >= cut * table.num_rows and rows:
+                current.append(ReadPiece(file, range(start, group + 1), first_row, rows))
+                chosen.append(current)
+                current = []
+                start, first_row, rows = group + 1, first_row + rows, 0
+                while cut < tasks and read * tasks >= cut * table.num_rows:
+                    cut += 1
+        if rows:
+            current.append(ReadPiece(file, range(start, len(groups)), first_row, rows))
+    if current:
+        chosen.append(current)
+    return chosen
+
+
+def _read_pieces(fs, pieces: tuple[ReadPiece, ...], arrow_schema) -> Iterator[Any]:
+    for piece in pieces:
+        yield from read_file(fs, piece.file, arrow_schema, piece.rows, piece.row_groups, piece.first_row)
 
 
 def prompt_datasource(table: PromptTable):
@@ -338,7 +384,7 @@ def _datasource_class():
     from ray.data.block import BlockMetadata
 
     class ParquetDatasource(Datasource):
-        """The prompt table's files, grouped into at most `parallelism` read tasks (in order).
+        """The prompt table's row groups, in order, in at most `parallelism` read tasks (`read_pieces`).
 
         The files' footers were read on the driver, so planning reads nothing: no footer-reader
         actors, no sampling task (a corrupt file's rows become error rows in its read task).
@@ -354,22 +400,18 @@ def _datasource_class():
         def get_read_tasks(self, parallelism: int, per_task_row_limit: int | None = None,
                            data_context=None) -> list:
             table = self.table
-            indices = [i for i, rows in enumerate(table.file_rows) if rows > 0]
-            groups = max(1, min(parallelism, len(indices)))
+            bytes_per_row = {file: size / max(1, rows)
+                             for file, size, rows in zip(table.files, table.file_bytes, table.file_rows)}
             tasks = []
-            for group in range(groups):
-                chosen = indices[group * len(indices) // groups:(group + 1) * len(indices) // groups]
-                if not chosen:
-                    continue
-                files = tuple(table.files[i] for i in chosen)
+            for pieces in read_pieces(table, parallelism):
+                files = tuple(dict.fromkeys(piece.file for piece in pieces))
                 metadata = BlockMetadata(
-                    num_rows=sum(table.file_rows[i] for i in chosen),
-                    size_bytes=sum(table.file_bytes[i] for i in chosen),
+                    num_rows=sum(piece.rows for piece in pieces),
+                    size_bytes=int(sum(bytes_per_row[piece.file] * piece.rows for piece in pieces)),
                     input_files=files,
                     exec_stats=None,
                 )
-                read = functools.partial(_read_files, table.filesystem, files,
-                                         tuple(table.file_rows[i] for i in chosen), table.arrow_schema)
+                read = functools.partial(_read_pieces, table.filesystem, tuple(pieces), table.arrow_schema)
                 tasks.append(ReadTask(read, metadata, schema=read_schema(table.arrow_schema),
                                       per_task_row_limit=per_task_row_limit))
             return tasks

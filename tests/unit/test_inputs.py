@@ -214,8 +214,38 @@ def test_read_tasks_take_the_files_in_order_and_skip_empty_ones(tmp_path):
     table = inspect(folder)
     tasks = prompt_datasource(table).get_read_tasks(2)
     assert [task.metadata.input_files for task in tasks] == [
-        (str(folder / "1.parquet"), str(folder / "2.parquet")), (str(folder / "3.parquet"), str(folder / "4.parquet"))]
-    assert [task.metadata.num_rows for task in tasks] == [3, 7]
+        tuple(str(folder / f"{i}.parquet") for i in (1, 2, 3)), (str(folder / "4.parquet"),)]
+    assert [task.metadata.num_rows for task in tasks] == [6, 4]
     assert tasks[1].schema == read_schema(table.arrow_schema)
-    assert [row["prompt"] for block in tasks[1]() for row in block.to_pylist()] == ["p3"] * 3 + ["p4"] * 4
-    assert len(prompt_datasource(table).get_read_tasks(100)) == 4
+    assert [row["prompt"] for block in tasks[1]() for row in block.to_pylist()] == ["p4"] * 4
+    assert len(prompt_datasource(table).get_read_tasks(100)) == 4  # a file's one row group is not split
+
+
+@pytest.mark.parametrize("tasks", [1, 2, 3, 7, 50])
+def test_a_large_file_is_split_between_read_tasks_by_row_groups(tmp_path, tasks):
+    """Every row once, in order, in at most `tasks` tasks; a corrupt row group still names its rows by
+    their row numbers in the file, whichever task reads them."""
+    folder = write(tmp_path / "t", {"a.parquet": pa.table({"prompt": [f"a{i}" for i in range(20)]}),
+                                    "b.parquet": pa.table({"prompt": ["b0", "b1"]})}, row_group_size=3)
+    _corrupt_row_group(folder / "a.parquet", 4)  # rows 12-14
+    table = inspect(folder)
+    assert table.file_row_groups == ((3, 3, 3, 3, 3, 3, 2), (2,))
+    read = prompt_datasource(table).get_read_tasks(tasks)
+    assert len(read) == min(tasks, 8)  # 8 row groups
+    assert sum(task.metadata.num_rows for task in read) == 22
+    rows = [row for task in read for block in task() for row in block.to_pylist()]
+    shown = str(folder / "a.parquet")
+    assert [row["prompt"] or row[READ_POSITION] for row in rows] == [
+        *(f"a{i}" for i in range(12)), *(f"{shown}#{i}" for i in (12, 13, 14)), *(f"a{i}" for i in range(15, 20)),
+        "b0", "b1"]
+    assert sum(row[READ_ERROR] is not None for row in rows) == 3
+
+
+def test_a_file_gone_before_its_later_row_groups_are_read(tmp_path):
+    """A task reading a later part of a vanished file names that part's rows, from the driver's footer."""
+    folder = write(tmp_path / "t", {"a.parquet": pa.table({"prompt": [f"p{i}" for i in range(6)]})}, row_group_size=2)
+    table = inspect(folder)
+    (folder / "a.parquet").unlink()
+    last = prompt_datasource(table).get_read_tasks(3)[-1]
+    assert [row[READ_POSITION] for block in last() for row in block.to_pylist()] == [
+        f"{folder / 'a.parquet'}#4", f"{folder / 'a.parquet'}#5"]
