@@ -352,7 +352,7 @@ class RaySettings(_Strict):
         "at least 1,000.",
     )
     max_lineage_mb: int = Field(
-        64, ge=1,
+        16, ge=1,
         description="Most memory the driver spends on Ray's lineage of finished tasks (Ray's own default is 1 GB, "
         "which a job of millions of rows fills: the encode tasks' specifications carry their prompt blocks). "
         "Applied when latentmill starts or joins Ray; RAY_max_lineage_bytes in the environment wins. Lower "

@@ -638,6 +638,7 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
     from latentmill.actors.stages import stage_workers
     from latentmill.io.storage import StorageError
     from latentmill.pipelines import read_ahead
+    from latentmill.pipelines.block_stats import block_stats_cap
     from latentmill.pipelines.heap import HeapTrimmer
     from latentmill.pipelines.ledger import IdSet, start_ledger
     from latentmill.pipelines.plan import build_dataset, build_retry_datasets
@@ -679,7 +680,8 @@ def _stream(config, table, rules, model, options, state, writer, summary, starte
 
     def consume(dataset) -> None:
         # Stops the run (ResourcesPending) when a pool cannot be placed for `timeout` seconds.
-        dataset.context.custom_execution_callback_classes.append(pending_watch(demands, timeout, workers, local))
+        dataset.context.custom_execution_callback_classes += [pending_watch(demands, timeout, workers, local),
+                                                              block_stats_cap()]
         read_ahead.install(dataset.context, bound)
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             writer.add(batch, summary)
