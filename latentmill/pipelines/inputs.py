@@ -19,6 +19,8 @@ from latentmill import schema
 
 # Rows per block the Ray read yields (a file larger than this yields several blocks).
 READ_BATCH_ROWS = 16_384
+# A row group is read by one task: above this many rows, the job suggests smaller ones.
+LARGE_ROW_GROUP_ROWS = 200_000
 # Files whose footers are read at once (object storage: one round trip or two per file).
 FOOTER_THREADS = 16
 _LISTED = 3  # files named per type in a type-conflict message
@@ -127,6 +129,23 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
         file_rows=tuple(sum(groups) for _, groups, _ in footers),
         file_bytes=tuple(size for _, _, size in footers),
         file_row_groups=tuple(groups for _, groups, _ in footers),
+    )
+
+
+def large_row_groups_warning(table: PromptTable, limit: int = LARGE_ROW_GROUP_ROWS) -> str | None:
+    """Why the read of `table` cannot be spread over tasks, and the fix; None when it can."""
+    from latentmill.io.storage_errors import display_uri
+
+    large = [(file, max(groups)) for file, groups in zip(table.files, table.file_row_groups)
+             if groups and max(groups) > limit]
+    if not large:
+        return None
+    file, rows = large[0]
+    return (
+        f"{len(large)} file(s) of the prompt table have row groups of more than {limit:,} rows (for example "
+        f"{display_uri(table.filesystem, file)!r}: {rows:,}); one task reads and validates each row group, "
+        "so their rows are not spread over tasks. Write such files with smaller row groups, e.g. "
+        "pyarrow.parquet.write_table(table, path, row_group_size=10_000)"
     )
 
 

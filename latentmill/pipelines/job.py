@@ -331,7 +331,7 @@ def prepare(config: JobConfig):
     from latentmill.io.probes import check_writable
     from latentmill.io.storage_errors import StorageError
     from latentmill.models import ModelError, resolve_model
-    from latentmill.pipelines.inputs import InputError, inspect_table
+    from latentmill.pipelines.inputs import InputError, inspect_table, large_row_groups_warning
     from latentmill.pipelines.redecode import LatentsMismatch, check_source, source_columns
     from latentmill.pipelines.validate import DefaultsError, RowRules, resolve_defaults
 
@@ -360,6 +360,9 @@ def prepare(config: JobConfig):
             check_source(table, family, config.model.path, options)
     except (InputError, StorageError, ModelError, DefaultsError, LatentsMismatch) as exc:
         raise JobError(str(exc)) from None
+    warning = large_row_groups_warning(table)
+    if warning:
+        log.warning("%s", warning)
     if config.stages.denoise_2 is not None and config.decode is None:
         problem = family.denoise_split_problem()
         if problem:

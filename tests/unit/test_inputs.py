@@ -14,6 +14,7 @@ from latentmill.pipelines.inputs import (
     READ_POSITION,
     InputError,
     inspect_table,
+    large_row_groups_warning,
     prompt_datasource,
     read_file,
     read_schema,
@@ -249,3 +250,15 @@ def test_a_file_gone_before_its_later_row_groups_are_read(tmp_path):
     last = prompt_datasource(table).get_read_tasks(3)[-1]
     assert [row[READ_POSITION] for block in last() for row in block.to_pylist()] == [
         f"{folder / 'a.parquet'}#4", f"{folder / 'a.parquet'}#5"]
+
+
+def test_row_groups_too_large_to_spread_over_tasks_are_named_with_the_fix(tmp_path):
+    folder = write(tmp_path / "t", {"a.parquet": pa.table({"prompt": ["p"] * 6}),
+                                    "b.parquet": pa.table({"prompt": ["q"] * 2})})
+    table = inspect(folder)
+    assert large_row_groups_warning(table, limit=6) is None
+    assert large_row_groups_warning(table, limit=5) == (
+        f"1 file(s) of the prompt table have row groups of more than 5 rows (for example "
+        f"{str(folder / 'a.parquet')!r}: 6); one task reads and validates each row group, so their rows are not "
+        "spread over tasks. Write such files with smaller row groups, e.g. "
+        "pyarrow.parquet.write_table(table, path, row_group_size=10_000)")
