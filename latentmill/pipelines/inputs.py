@@ -143,8 +143,8 @@ def large_row_groups_warning(table: PromptTable, limit: int = LARGE_ROW_GROUP_RO
     file, rows = large[0]
     return (
         f"{len(large)} file(s) of the prompt table have row groups of more than {limit:,} rows (for example "
-        f"{display_uri(table.filesystem, file)!r}: {rows:,}); one task reads and validates each row group, "
-        "so their rows are not spread over tasks. Write such files with smaller row groups, e.g. "
+        f"{display_uri(table.filesystem, file)!r}: {rows:,}); one task reads and validates a whole row group, "
+        "so such a file cannot be read in smaller parts. Write such files with smaller row groups, e.g. "
         "pyarrow.parquet.write_table(table, path, row_group_size=10_000)"
     )
 
@@ -357,7 +357,7 @@ class ReadPiece(NamedTuple):
 
 
 def read_pieces(table: PromptTable, tasks: int) -> list[list[ReadPiece]]:
-    """The table's row groups, in order, cut into at most `tasks` read tasks of about equal rows.
+    """The table's rows, by row groups in order, cut into at most `tasks` read tasks of about equal rows.
 
     A large file is split between tasks by its row groups rather than read whole by one task: every
     task is then short, and its blocks' bookkeeping (in the driver, which owns the task) ends with it.

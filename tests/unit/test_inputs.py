@@ -259,6 +259,6 @@ def test_row_groups_too_large_to_spread_over_tasks_are_named_with_the_fix(tmp_pa
     assert large_row_groups_warning(table, limit=6) is None
     assert large_row_groups_warning(table, limit=5) == (
         f"1 file(s) of the prompt table have row groups of more than 5 rows (for example "
-        f"{str(folder / 'a.parquet')!r}: 6); one task reads and validates each row group, so their rows are not "
-        "spread over tasks. Write such files with smaller row groups, e.g. "
+        f"{str(folder / 'a.parquet')!r}: 6); one task reads and validates a whole row group, so such a file "
+        "cannot be read in smaller parts. Write such files with smaller row groups, e.g. "
         "pyarrow.parquet.write_table(table, path, row_group_size=10_000)")
