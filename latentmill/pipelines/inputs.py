@@ -40,9 +40,13 @@ class PromptTable:
     # The columns' types, unified over every file (a pyarrow schema of `columns`); a file without a
     # column reads it as nulls.
     arrow_schema: Any = None
-    file_rows: tuple[int, ...] = ()  # rows of each file, in `files` order
     file_bytes: tuple[int, ...] = ()  # uncompressed size of each file's data (footer estimate)
-    file_row_groups: tuple[tuple[int, ...], ...] = ()  # rows of each row group of each file
+    file_row_groups: tuple[tuple[int, ...], ...] = ()  # rows of each row group of each file, in `files` order
+
+    @property
+    def file_rows(self) -> tuple[int, ...]:
+        """Rows of each file, in `files` order."""
+        return tuple(sum(groups) for groups in self.file_row_groups)
 
 
 def _list_files(fs, path: str) -> list[str]:
@@ -126,7 +130,6 @@ def inspect_table(uri: str, storage_options: dict, prompt_column: str, id_column
         num_rows=sum(sum(groups) for _, groups, _ in footers),
         filesystem=fs,
         arrow_schema=pa.schema([pa.field(c, fields[c]) for c in columns]),
-        file_rows=tuple(sum(groups) for _, groups, _ in footers),
         file_bytes=tuple(size for _, _, size in footers),
         file_row_groups=tuple(groups for _, groups, _ in footers),
     )
@@ -378,8 +381,7 @@ def read_pieces(table: PromptTable, tasks: int) -> list[list[ReadPiece]]:
                 chosen.append(current)
                 current = []
                 start, first_row, rows = group + 1, first_row + rows, 0
-                while cut < tasks and read * tasks >= cut * table.num_rows:
-                    cut += 1
+                cut = read * tasks // table.num_rows + 1  # past every share this cut reached
         if rows:
             current.append(ReadPiece(file, range(start, len(groups)), first_row, rows))
     if current:
