@@ -8,6 +8,12 @@ only a process's own pages: RSS also counts the object-store pages a task maps t
 grow with the store's use, not with what the process keeps. Rows ask for small pictures
 (`--size`, 64x64) and each run's media is deleted after it: a million real-size PNGs would cost hours
 of encoding and hundreds of GB, and neither touches the driver.
+
+The driver's RSS also counts the pages of Ray's object store it has mapped to read result blocks: the
+store hands out fresh pages as the run goes on, so that part grows with the store's use until every
+page of it has been touched once, whatever the driver keeps. Every second the driver's USS (its own
+pages outside the object store) and the object-store pages in its RSS are sampled too, so its growth
+can be told apart.
 """
 
 from __future__ import annotations
@@ -58,10 +64,13 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
         process = subprocess.Popen(command, stdout=log_handle, stderr=subprocess.STDOUT)
         driver = psutil.Process(process.pid)
         series: list[tuple[float, float]] = []
+        own_series: list[tuple[float, float, float]] = []  # (t, USS outside the store, store pages in RSS)
         peak = 0
         while process.poll() is None:
             try:
                 rss = driver.memory_info().rss
+                if rss and len(series) % 5 == 0:
+                    own_series.append((time.perf_counter() - started, *_own_and_store(driver)))
             except psutil.Error:
                 break
             if rss == 0:  # exited between poll() and the sample (a zombie reports no memory)
@@ -82,6 +91,8 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
         "batch_size": batch_size,
         "size": size,
         "peak_rss_mb": peak / 2**20,
+        "peak_uss_mb": max((uss for _, uss, _ in own_series), default=None),
+        "peak_object_store_rss_mb": max((store for _, _, store in own_series), default=None),
         "rss_at_end_mb": series[-1][1] if series else None,
         "wall_seconds": wall,
         "rows_per_s": rows / wall,
@@ -90,9 +101,23 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
         "command": " ".join(command),
         "job": job,
         "rss_series_mb": series[::step],
+        "uss_and_object_store_series_mb": own_series[::max(1, len(own_series) // 200)],
         "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"], "peak_uss_mb": v["peak_uss_mb"]}
                     for kind, v in workers.summary().items()},
     }
+
+
+def _own_and_store(process) -> tuple[float, float]:
+    """A process's USS outside the object store and the object-store pages in its RSS, in MiB, from one
+    read of its memory map. Ray's store is a mapped file named plasma*; a store page that only this
+    process has touched counts as its private page, hence the store's mapping is left out of the USS."""
+    uss = store = 0
+    for mapping in process.memory_maps(grouped=True):
+        if Path(mapping.path).name.startswith("plasma"):
+            store += mapping.rss
+        else:
+            uss += mapping.private_clean + mapping.private_dirty
+    return uss / 2**20, store / 2**20
 
 
 def run_driver_memory(args) -> dict[str, Any]:
@@ -109,24 +134,31 @@ def run_driver_memory(args) -> dict[str, Any]:
 
 
 def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
-    growth = None
+    growth = uss_growth = None
     if len(points) >= 2:
         growth = ar.growth(points[0]["peak_rss_mb"], points[-1]["peak_rss_mb"])
+        if points[0].get("peak_uss_mb") and points[-1].get("peak_uss_mb"):
+            uss_growth = ar.growth(points[0]["peak_uss_mb"], points[-1]["peak_uss_mb"])
     report = {
         "command": (f"latentmill bench driver-memory --rows {args.rows} --model {args.model} "
                     f"--batch-size {args.batch_size} --size {args.size}"),
         "machine": machine_description(),
         "points": points,
         "growth_first_to_last": growth,
+        "uss_growth_first_to_last": uss_growth,
     }
     (out / "driver_memory.json").write_text(json.dumps(report, indent=2, default=str))
-    rows = [[p["rows"], p["peak_rss_mb"], p["rss_at_end_mb"], p["wall_seconds"], p["rows_per_s"],
-             p["outputs_written"], p["rows_failed"]] for p in points]
+    rows = [[p["rows"], p["peak_rss_mb"], p.get("peak_uss_mb"), p.get("peak_object_store_rss_mb"),
+             p["rss_at_end_mb"], p["wall_seconds"], p["rows_per_s"], p["outputs_written"], p["rows_failed"]]
+            for p in points]
     md = [f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
-          ar.markdown_table(["rows", "driver peak RSS MiB", "driver RSS at end MiB", "wall s", "rows/s",
-                             "outputs", "failed"], rows), ""]
+          ar.markdown_table(["rows", "driver peak RSS MiB", "driver peak USS MiB (outside the object store)",
+                             "object-store pages in driver RSS, peak MiB", "driver RSS at end MiB", "wall s",
+                             "rows/s", "outputs", "failed"], rows), ""]
     if growth is not None:
         md.append(f"Peak RSS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {growth:+.1%}")
+    if uss_growth is not None:
+        md.append(f"Peak USS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {uss_growth:+.1%}")
     kinds = sorted({kind for p in points for kind in p.get("workers", {})})
     if kinds:
         def peak(point, kind, measure):

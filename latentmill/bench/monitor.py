@@ -3,7 +3,9 @@
 Samples, every `interval` seconds, the descendants of this process (a local Ray started by `ray.init()`
 in this process runs its raylet and workers as our descendants, so other Ray instances on the machine
 are never counted). A worker's type is read from its process title, which Ray sets to
-``ray::MapWorker(MapBatches(DenoiseWorker))`` and the like.
+``ray::MapWorker(MapBatches(DenoiseWorker))`` and the like. A pooled task worker's title changes with
+each task it runs (a read, then an end-of-run statistics task), so its memory is counted under the
+title it has when sampled; its CPU time under the title it first had.
 """
 
 from __future__ import annotations
@@ -33,12 +35,16 @@ def worker_kind(cmdline: list[str]) -> str | None:
 @dataclass
 class ProcessRecord:
     pid: int
-    kind: str
+    kind: str  # the first title the process had other than IDLE
     first_seen: float
-    peak_rss: int = 0
-    peak_uss: int = 0
     peak_gpu: int = 0
     cpu_seconds: float = 0.0  # user + system, as last sampled
+    peaks_by_title: dict[str, tuple[int, int]] = field(default_factory=dict)  # title -> (peak RSS, peak USS)
+
+    def sampled(self, title: str, rss: int, uss: int) -> None:
+        if title != "IDLE":
+            old_rss, old_uss = self.peaks_by_title.get(title, (0, 0))
+            self.peaks_by_title[title] = (max(old_rss, rss), max(old_uss, uss))
 
 
 @dataclass
@@ -92,23 +98,22 @@ class ProcessMonitor:
             for child in children:
                 try:
                     record = self.records.get(child.pid)
+                    title = worker_kind(child.cmdline())
                     if record is None:
-                        kind = worker_kind(child.cmdline())
-                        if kind is None:
+                        if title is None:
                             times = child.cpu_times()
                             self.other_cpu[child.pid] = times.user + times.system
                             continue
-                        record = self.records[child.pid] = ProcessRecord(child.pid, kind, now)
-                    elif record.kind == "IDLE":  # a pooled worker that became an actor
-                        kind = worker_kind(child.cmdline())
-                        if kind and kind != "IDLE":
-                            record.kind, record.first_seen = kind, now
-                    if self.uss and record.kind != "IDLE":
+                        record = self.records[child.pid] = ProcessRecord(child.pid, title, now)
+                    elif record.kind == "IDLE" and title and title != "IDLE":  # a pooled worker's first task
+                        record.kind, record.first_seen = title, now
+                    title = title or record.kind
+                    if self.uss and title != "IDLE":
                         info = child.memory_full_info()
-                        record.peak_uss = max(record.peak_uss, info.uss)
+                        record.sampled(title, info.rss, info.uss)
                     else:
                         info = child.memory_info()
-                    record.peak_rss = max(record.peak_rss, info.rss)
+                        record.sampled(title, info.rss, 0)
                     times = child.cpu_times()
                     record.cpu_seconds = times.user + times.system
                 except psutil.Error:
@@ -183,19 +188,21 @@ class ProcessMonitor:
         }
 
     def summary(self, kinds: list[str] | None = None) -> dict[str, dict[str, float | int | None]]:
-        """Per actor type: count, and the largest and mean peak RSS / USS / GPU memory in MiB."""
+        """Per process title: how many processes had it, and the largest and mean peak RSS / USS in MiB
+        while they had it; the largest peak GPU memory of the processes that first had it."""
         out: dict[str, dict[str, float | int | None]] = {}
-        names = kinds or sorted({r.kind for r in self.records.values() if r.kind != "IDLE"})
+        names = kinds or sorted({title for r in self.records.values() for title in r.peaks_by_title})
         for kind in names:
-            records = [r for r in self.records.values() if r.kind == kind]
-            if not records:
+            peaks = [r.peaks_by_title[kind] for r in self.records.values() if kind in r.peaks_by_title]
+            if not peaks:
                 continue
+            gpu = [r.peak_gpu for r in self.records.values() if r.kind == kind]
             out[kind] = {
-                "actors": len(records),
-                "peak_rss_mb": max(r.peak_rss for r in records) / MB,
-                "mean_peak_rss_mb": sum(r.peak_rss for r in records) / len(records) / MB,
-                "peak_uss_mb": (max(r.peak_uss for r in records) / MB) if self.uss else None,
-                "peak_gpu_mb": (max(r.peak_gpu for r in records) / MB) if self._nvidia else None,
+                "actors": len(peaks),
+                "peak_rss_mb": max(rss for rss, _ in peaks) / MB,
+                "mean_peak_rss_mb": sum(rss for rss, _ in peaks) / len(peaks) / MB,
+                "peak_uss_mb": (max(uss for _, uss in peaks) / MB) if self.uss else None,
+                "peak_gpu_mb": (max(gpu, default=0) / MB) if self._nvidia else None,
             }
         return out
 

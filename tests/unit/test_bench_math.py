@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from latentmill.bench import arithmetic as ar
-from latentmill.bench.monitor import worker_kind
+from latentmill.bench.monitor import ProcessMonitor, worker_kind
 from latentmill.models.simulated import SIMULATED_PROFILES, parse_name
 
 
@@ -111,6 +114,22 @@ def test_worker_kind_from_ray_process_titles():
     assert worker_kind(["ray::IDLE"]) == "IDLE"
     assert worker_kind(["/usr/bin/python", "x.py"]) is None
     assert worker_kind([]) is None
+
+
+def test_a_pooled_workers_memory_counts_under_the_task_it_is_running():
+    """Ray reuses a task worker for the next task (a read, then an end-of-run shuffle) and retitles it:
+    each title's peak is what the process held while it had that title."""
+    later = "import time; b = bytearray(200 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
+    first = ("import os, time; b = bytearray(20 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
+             f"os.execv({sys.executable!r}, ['ray::HashShuffleMap', '-c', {'MB = 2**20; ' + later!r}])")
+    with ProcessMonitor(interval=0.1, uss=True, gpu=False) as monitor:  # exec keeps the process id
+        process = subprocess.Popen(["ray::ReadParquet->MapBatches(validate_batch)", "-c", "MB = 2**20; " + first],
+                                   executable=sys.executable)
+        assert process.wait(timeout=30) == 0
+    summary = monitor.summary()
+    assert summary["ReadParquet"]["actors"] == summary["HashShuffleMap"]["actors"] == 1
+    assert 20 <= summary["ReadParquet"]["peak_uss_mb"] < 100
+    assert summary["HashShuffleMap"]["peak_uss_mb"] >= 200
 
 
 @pytest.mark.parametrize("name", sorted(SIMULATED_PROFILES))
@@ -253,13 +272,34 @@ def test_simulated_whole_pipeline_runs_every_stage_for_the_peer(tmp_path, monkey
     assert not np.array_equal(result.images[0], result.images[1])  # rows differ by their seed
 
 
+def test_object_store_pages_are_told_apart_from_the_drivers_own(tmp_path):
+    """A store page only the driver touched is private to it: without the split it would count as the
+    driver's own memory."""
+    import mmap
+
+    import psutil
+
+    from latentmill.bench.driver_memory import _own_and_store
+
+    store_file = tmp_path / "plasmaTEST"
+    store_file.write_bytes(b"\0" * (32 * 2**20))
+    me = psutil.Process()
+    own_before, store_before = _own_and_store(me)
+    with open(store_file, "r+b") as handle, mmap.mmap(handle.fileno(), 0) as pages:
+        pages[:: mmap.PAGESIZE] = b"x" * len(range(0, len(pages), mmap.PAGESIZE))  # touch (dirty) every page
+        own_after, store_after = _own_and_store(me)
+    assert store_after - store_before >= 32
+    assert own_after - own_before < 16
+
+
 def test_driver_memory_report_separates_each_process_types_rss_and_uss(tmp_path):
     from types import SimpleNamespace
 
     from latentmill.bench.driver_memory import _write
 
     def point(rows, driver, read_rss, read_uss):
-        return {"rows": rows, "peak_rss_mb": driver, "rss_at_end_mb": driver, "wall_seconds": 10.0,
+        return {"rows": rows, "peak_rss_mb": driver, "peak_uss_mb": driver - 100, "peak_object_store_rss_mb": 8.0,
+                "rss_at_end_mb": driver, "wall_seconds": 10.0,
                 "rows_per_s": rows / 10, "outputs_written": rows, "rows_failed": 0,
                 "workers": {"ReadParquet": {"processes": 2, "peak_rss_mb": read_rss, "peak_uss_mb": read_uss}}}
 
@@ -268,6 +308,8 @@ def test_driver_memory_report_separates_each_process_types_rss_and_uss(tmp_path)
     assert report["growth_first_to_last"] == pytest.approx(0.10)
     markdown = (tmp_path / "driver_memory.md").read_text()
     assert "Peak RSS growth from 1000 to 10000 rows: +10.0%" in markdown
+    assert report["uss_growth_first_to_last"] == pytest.approx(0.15)
+    assert "Peak USS growth from 1000 to 10000 rows: +15.0%" in markdown
     header = next(line for line in markdown.splitlines() if line.startswith("| Ray process type"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
         "Ray process type", "peak RSS MiB at 1000 rows", "peak RSS MiB at 10000 rows",
