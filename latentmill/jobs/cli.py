@@ -7,7 +7,6 @@ load only when a command needs them.
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
 from pathlib import Path
@@ -532,10 +531,9 @@ def main(argv: list[str] | None = None) -> int:
     for variable in ("TRANSFORMERS_VERBOSITY", "DIFFUSERS_VERBOSITY"):
         os.environ.setdefault(variable, "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    from latentmill.jobs.entry import log_to_stderr
+
+    log_to_stderr(args.verbose)
     if args.command in ("status", "verify"):  # they read an output folder: no Ray, no model
         return (_status if args.command == "status" else _verify)(args)
     handlers = {"run": _run, "decode": _decode, "interpolate": _interpolate, "models": _models, "plan": _plan,

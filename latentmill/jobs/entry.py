@@ -86,12 +86,31 @@ def load(args: argparse.Namespace, overrides: dict[str, Any]):
     return config
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """Writes to whatever `sys.stderr` is when a record is logged, not to the stream it was made with (a
+    process that calls the entry point more than once may have replaced it in between)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def log_to_stderr(verbose: bool) -> None:
+    """The job's log on stderr, once per process, unless the root logger already has a handler."""
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", handlers=[_CurrentStderr()])
+
+
 def execute(args: argparse.Namespace, overrides: dict[str, Any], describe: str) -> int:
     """Load the config, run the job, print the summary; returns the exit code."""
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    log_to_stderr(args.verbose)
     from latentmill.config import ConfigError
 
     try:

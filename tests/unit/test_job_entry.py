@@ -109,3 +109,19 @@ def test_synthesize_takes_the_dataset_shape_flags():
         load_config(None, overrides)
     with pytest.raises(SystemExit):
         synthesize.build_parser().parse_args(["-i", "in", "-o", "out", "-n", "2", "--layout", "tfrecord"])
+
+
+def test_the_job_log_goes_to_the_stderr_of_the_moment(monkeypatch):
+    """A process that runs the entry point twice (a test session, a notebook) may have swapped sys.stderr
+    in between: the log must not keep writing to the first one."""
+    import io
+    import logging
+    import sys
+
+    handler = entry._CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    first, second = io.StringIO(), io.StringIO()
+    for stream, message in ((first, "one"), (second, "two")):
+        monkeypatch.setattr(sys, "stderr", stream)
+        handler.emit(logging.LogRecord("latentmill", logging.INFO, __file__, 1, message, None, None))
+    assert (first.getvalue(), second.getvalue()) == ("one\n", "two\n")
