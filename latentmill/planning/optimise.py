@@ -331,9 +331,28 @@ def recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Budg
     pools = {stage: (pool.size, pool.device_share) for stage, pool in plan.pools.items()}
     fitted, grown = _fit_task_rate(pools, batches, plan.throughput_rows_s, max_batch, max_tasks_per_actor_s,
                                    budget.fraction_grid, may_grow_share=False)
+    if not fits_devices(fitted.values(), budget):  # smaller shares that no longer pack: keep the actors
+        fitted = pools
     if fitted == pools and grown == batches:
         return plan
     return _finish(fitted, _check_costs(costs, grown), grown, budget, costs)
+
+
+def fits_devices(pools: Iterable[tuple[int, float]], budget: Budget) -> bool:
+    """Whether the pools' actors can be placed: on a GPU budget each fractional actor needs its share of
+    one device (Ray does not split an actor over devices), so nine actors of 0.875 do not fit on eight
+    GPUs although 7.875 <= 8. First-fit decreasing over the budget's devices; CPU shares simply add up."""
+    shares = sorted((share for size, share in pools for _ in range(size)), reverse=True)
+    if budget.kind != "gpu":
+        return sum(shares) <= budget.devices + EPS
+    whole = math.floor(budget.devices + EPS)
+    free = [1.0] * whole + ([budget.devices - whole] if budget.devices - whole > EPS else [])
+    for share in shares:
+        device = next((i for i, left in enumerate(free) if left >= share - EPS), None)
+        if device is None:
+            return False
+        free[device] -= share
+    return True
 
 
 def _recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget) -> Plan:
@@ -348,25 +367,24 @@ def _recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Bud
             f"share of {budget.fraction_grid:g}; lower --fraction-grid or raise the budget"
         )
 
-    def used(rate: float) -> float:
-        pools = _pools_for_rate(rate, row_seconds, batches, budget, whole)
-        return sum(n * f for n, f in pools.values())
+    def fits(rate: float) -> bool:
+        return fits_devices(_pools_for_rate(rate, row_seconds, batches, budget, whole).values(), budget)
 
     need = row_seconds["denoise"] + (row_seconds["encode"] + row_seconds["decode"]) * (1 + budget.headroom)
     high = budget.devices / need  # the continuous optimum; quantisation can only lower it
     low = 0.0
-    if used(high) <= budget.devices + EPS:
+    if fits(high):
         low = high
     else:
         for _ in range(100):
             mid = (low + high) / 2
-            if used(mid) <= budget.devices + EPS:
+            if fits(mid):
                 low = mid
             else:
                 high = mid
     rate = max(low, EPS)
     pools = _pools_for_rate(rate, row_seconds, batches, budget, whole)
-    if sum(n * f for n, f in pools.values()) > budget.devices + EPS:
+    if not fits_devices(pools.values(), budget):
         pools = {s: minimum[s] for s in STAGES}
     pools = _spend_leftover(pools, row_seconds, budget, whole)
     return _finish(pools, row_seconds, batches, budget, costs)
@@ -383,15 +401,14 @@ def _spend_leftover(
         return pool[0] * pool[1] / row_seconds[stage] if row_seconds[stage] > 0 else math.inf
 
     while True:
-        left = budget.devices - sum(n * f for n, f in pools.values())
         slowest = min(STAGES, key=lambda s: (capacity(s, pools[s]), s != "denoise"))
         size, share = pools[slowest]
         if whole and slowest == "denoise":
             grown = (size + 1, 1.0)
         else:
             grown = pool_for_share(size * share + grid, grid)
-        extra = grown[0] * grown[1] - size * share
-        if extra > left + EPS or capacity(slowest, grown) <= capacity(slowest, pools[slowest]):
+        if (not fits_devices({**pools, slowest: grown}.values(), budget)
+                or capacity(slowest, grown) <= capacity(slowest, pools[slowest])):
             return pools
         pools[slowest] = grown
 
