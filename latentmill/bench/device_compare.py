@@ -1,10 +1,10 @@
 """`latentmill bench compare --model builtin:sim-PROFILE --devices N[,M...]`: the split against the peer
 pattern on simulated devices, at an equal budget of N devices.
 
-- (a) latentmill: the planner's pools for N devices (`latentmill.planning.recommend_whole_denoisers`):
-  whole devices for the denoisers, the rest of the budget in fractions for encoding and decoding, sized
-  on their device time plus the host time a decode actor spends per row (media encoding and the write,
-  measured at the output size);
+- (a) latentmill: the planner's pools for N devices (`latentmill.planning.recommend_device_pools`):
+  whole devices for the denoisers (with `--share-denoiser-devices`, shares down to half a device), the
+  rest of the budget in fractions for encoding and decoding, sized on their device time plus the host
+  time a decode actor spends per row (media encoding and the write, measured at the output size);
 - (b) the peer: N actors with one whole device each, every one running the whole simulated pipeline
   (encode, denoise and decode at the profile's costs, then media encoding and the write) while it holds
   its device (`latentmill.bench.peer` on the family's `SimulatedPipeline`);
@@ -13,7 +13,8 @@ pattern on simulated devices, at an equal budget of N devices.
 
 Each contender's denoiser-device busy fraction is the simulated denoiser's seconds in the steady window
 over the window x the devices that run denoisers. Costs per 1,000 outputs rent (a)'s denoiser devices at
-the first price and the rest of its budget at the second; (b) rents all N at the first.
+the first price (a device holding a denoiser, when they share, is rented whole) and the rest of its
+budget at the second; (b) rents all N at the first.
 """
 
 from __future__ import annotations
@@ -83,17 +84,19 @@ def decode_host_seconds(family, params: dict[str, Any], media_format: str) -> fl
     return max(0.0, elapsed / repeats - (t0 + t1) / family.speed)
 
 
-def plan_for_devices(profile_name: str, time_scale: float, devices: int, host_decode: float):
-    """The planner's pools for `devices` whole devices (denoisers whole, the rest in fractions), and
-    each stage's device seconds per row for the bound."""
+def plan_for_devices(profile_name: str, time_scale: float, devices: int, host_decode: float,
+                     share_denoisers: bool = False):
+    """The planner's pools for `devices` whole devices (denoisers whole unless they may share, the rest in
+    fractions), and each stage's device seconds per row for the bound."""
     from latentmill.bench.scaling import CALL_OVERHEAD_S, profile_costs, profile_row_bytes
-    from latentmill.planning import Budget, StageCost, choose_batches, recommend_whole_denoisers
+    from latentmill.planning import Budget, StageCost, choose_batches, recommend_device_pools
 
     profile, costs = profile_costs(profile_name, time_scale)
     batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
     sizing = {stage: StageCost(cost.t0 + CALL_OVERHEAD_S, cost.t1) for stage, cost in costs.items()}
     sizing["denoise"] = costs["denoise"]
-    plan = recommend_whole_denoisers(sizing, batches, Budget(devices=devices, kind="gpu"), {"decode": host_decode})
+    budget = Budget(devices=devices, kind="gpu", whole_denoise_devices=None if not share_denoisers else False)
+    plan = recommend_device_pools(sizing, batches, budget, {"decode": host_decode})
     # Each stage at the larger of the plan's batch and the peer's (the denoiser's): the cheaper per row,
     # so the bound is above both contenders.
     row_device_seconds = {stage: costs[stage].row_seconds(max(plan.pools[stage].batch_size, profile.denoise_batch))
@@ -154,6 +157,7 @@ def run_split(model: str, table: Path, output: Path, overrides: dict[str, Any], 
     from latentmill.bench.monitor import ProcessMonitor
     from latentmill.config import load_config
     from latentmill.pipelines.job import run_job
+    from latentmill.planning import denoiser_devices
 
     config = load_config(None, {
         "input": {"uri": str(table)},
@@ -176,7 +180,7 @@ def run_split(model: str, table: Path, output: Path, overrides: dict[str, Any], 
     denoise_seconds = manifest.column("denoise_seconds").to_pylist() if manifest is not None else []
     result.update(contender="a", wall_seconds=wall, rows_failed=summary.rows_failed,
                   machine_cores_busy=machine.cores_busy,
-                  denoiser_devices=plan.pools["denoise"].size,
+                  denoiser_devices=denoiser_devices(plan),
                   denoiser_busy=_denoiser_busy(denoise_seconds, result, plan.pools["denoise"].size),
                   pools={stage: {"actors": pool.size, "device_share": pool.device_share, "batch_size": pool.batch_size}
                          for stage, pool in plan.pools.items()})
@@ -220,7 +224,8 @@ def device_compare_point(args, model: str, devices: int, prices: dict[str, float
     media_format = "mp4" if family.is_video else "png"
     host_decode = decode_host_seconds(family, params, media_format)
     profile_name = family.spec["name"].removeprefix("sim-").split("@")[0]
-    plan, row_device_seconds = plan_for_devices(profile_name, family.spec["time_scale"], devices, host_decode)
+    plan, row_device_seconds = plan_for_devices(profile_name, family.spec["time_scale"], devices, host_decode,
+                                                args.share_denoiser_devices)
     batch_size = int(profile["denoise_batch"])
     t0, t1 = family.stage_cost("denoise")
     batch_seconds = t0 + batch_size * t1

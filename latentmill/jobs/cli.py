@@ -267,6 +267,9 @@ def _bench_parser(subparsers) -> None:
                       help="with --devices: multiply every simulated time (default 1)")
     real.add_argument("--batches-per-device", type=int, default=6,
                       help="with --devices: denoiser batches per device, the run's length (default 6)")
+    real.add_argument("--share-denoiser-devices", action="store_true",
+                      help="with --devices: let (a)'s denoisers share their devices with the VAE and text "
+                      "encoder (default: whole devices)")
     real.add_argument("--plan", type=Path, help="latentmill's pools from this plan file (default: `plan` for --cpus)")
     real.add_argument("--cpus", type=float, help="CPU budget shared by every contender (default: this machine's cores)")
     real.add_argument("--gpus", type=float, help="GPU budget shared by every contender (on a GPU machine)")

@@ -20,17 +20,18 @@ from latentmill.planning.optimise import (
     StageCost,
     choose_batch_size,
     choose_batches,
+    denoiser_devices,
     fit_stage_cost,
     pool_for_share,
     recommend,
-    recommend_whole_denoisers,
+    recommend_device_pools,
     size_for_denoisers,
 )
 
 __all__ = [
     "MAX_TASKS_PER_ACTOR_S", "READ_RESERVE_CPUS", "Budget", "Calibration", "Plan", "PlanError", "PoolPlan",
-    "StageCost", "calibrate", "choose_batch_size", "choose_batches", "cpu_budget", "describe_hardware",
-    "detect_budget", "fit_stage_cost", "plan_command", "plan_for_model", "plan_document", "pool_for_share",
-    "read_plan_stages", "recommend", "recommend_whole_denoisers", "size_for_denoisers", "sized_config",
-    "write_plan",
+    "StageCost", "calibrate", "choose_batch_size", "choose_batches", "cpu_budget", "denoiser_devices",
+    "describe_hardware", "detect_budget", "fit_stage_cost", "plan_command", "plan_for_model", "plan_document",
+    "pool_for_share", "read_plan_stages", "recommend", "recommend_device_pools", "size_for_denoisers",
+    "sized_config", "write_plan",
 ]

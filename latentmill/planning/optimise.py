@@ -413,42 +413,59 @@ def _spend_leftover(
         pools[slowest] = grown
 
 
-def recommend_whole_denoisers(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget,
-                              host_seconds: dict[str, float] | None = None) -> Plan:
-    """The best plan with whole denoiser devices, found by trying every count of them.
+def recommend_device_pools(costs: dict[str, StageCost], batches: dict[str, int], budget: Budget,
+                           host_seconds: dict[str, float] | None = None) -> Plan:
+    """The best plan for a budget of devices, found by trying every denoiser pool: whole devices, or on
+    a budget that lets denoisers share (`whole_denoise_devices=False`) every share on the grid down to
+    half a device too, never more denoisers than devices: a device holds at most two copies of the
+    denoiser's weights, and otherwise shares with the VAE and the text encoder.
 
     `recommend` rounds every pool up at one common rate, so with whole denoisers it can leave most of
-    a device idle (SDXL on 8 devices: 6 denoisers). Here each count k of whole denoisers gets the rest
-    of the budget: the encoders the smallest share that keeps up with k, the decoders all that is left,
-    in as many actors (up to 2k + 1) as decode the most, every share one that packs (`packable_shares`). While one small decoder encodes media on the
-    host the others keep the device busy, so its `host_seconds` per row idle only its share of a device
-    and are charged at that share.
+    a device idle (SDXL on 8 devices: 6 denoisers). Here each denoiser pool (k actors of share s) gets
+    the rest of the budget: the encoders the smallest share that keeps up with it, the decoders all that
+    is left, in as many actors (up to 2k + 1) as decode the most, every share one that packs
+    (`packable_shares`); a plan whose actors cannot all be placed (`fits_devices`) is not considered.
+    While one small decoder encodes media on the host the others keep the device busy, so its
+    `host_seconds` per row idle only its share of a device and are charged at that share. Whole devices
+    are tried first and kept unless a shared plan gives more rows/s.
     """
     row_seconds = _check_costs(costs, batches)
     host = host_seconds or {}
     grid = budget.fraction_grid
+    shares = [1.0] if budget.whole_denoisers else [
+        _clean(1.0 - step * grid) for step in range(math.floor(0.5 / grid + EPS) + 1)]
     best: Plan | None = None
-    for denoisers in range(1, math.floor(budget.devices + EPS) + 1):
-        rate = denoisers / row_seconds["denoise"]
-        encoders = _packable_pool(pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)), grid),
-                                  grid)
-        left = budget.devices - denoisers - encoders[0] * encoders[1]
-        decode_devices = math.floor(left / grid + EPS) * grid
-        if decode_devices < grid - EPS:
-            break
-        decoders = _decoders_for(decode_devices, row_seconds["decode"], host.get("decode", 0.0), grid,
-                                 max_actors=2 * denoisers + 1)
-        pools = {"encode": encoders, "denoise": (denoisers, 1.0), "decode": decoders}
-        charged = dict(row_seconds)
-        charged["encode"] += encoders[1] * host.get("encode", 0.0)
-        charged["decode"] += decoders[1] * host.get("decode", 0.0)
-        plan = _finish(pools, charged, batches, budget, costs)
-        if best is None or plan.throughput_rows_s > best.throughput_rows_s * (1 + EPS):
-            best = plan
+    for share in shares:
+        for denoisers in range(1, math.floor(min(budget.devices / share, budget.devices) + EPS) + 1):
+            rate = denoisers * share / row_seconds["denoise"]
+            encoders = _packable_pool(pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)),
+                                                     grid), grid)
+            left = budget.devices - denoisers * share - encoders[0] * encoders[1]
+            decode_devices = math.floor(left / grid + EPS) * grid
+            if decode_devices < grid - EPS:
+                break
+            decoders = _decoders_for(decode_devices, row_seconds["decode"], host.get("decode", 0.0), grid,
+                                     max_actors=2 * denoisers + 1)
+            pools = {"encode": encoders, "denoise": (denoisers, share), "decode": decoders}
+            if not fits_devices(pools.values(), budget):
+                continue
+            charged = dict(row_seconds)
+            charged["encode"] += encoders[1] * host.get("encode", 0.0)
+            charged["decode"] += decoders[1] * host.get("decode", 0.0)
+            plan = _finish(pools, charged, batches, budget, costs)
+            if best is None or plan.throughput_rows_s > best.throughput_rows_s * (1 + EPS):
+                best = plan
     if best is None:
-        raise PlanError(f"a budget of {budget.devices:g} devices cannot hold a whole denoiser device and "
-                        f"the other pools at the minimum share of {grid:g}")
+        denoiser = "a whole denoiser device" if budget.whole_denoisers else "a denoiser"
+        raise PlanError(f"a budget of {budget.devices:g} devices cannot hold {denoiser} and the other pools at "
+                        f"the minimum share of {grid:g}")
     return best
+
+
+def denoiser_devices(plan: Plan) -> int:
+    """The devices that hold a denoiser when the denoisers are placed first, as many to a device as fit."""
+    pool = plan.pools["denoise"]
+    return math.ceil(pool.size / math.floor(1 / pool.device_share + EPS))
 
 
 def packable_shares(grid: float) -> list[float]:
