@@ -3,17 +3,15 @@
 Runs `latentmill run` in a subprocess on a simulated model whose times are shrunk (`@SCALE`: the point
 is the driver's memory, not speed; the prompt embeddings keep their real size) and samples that
 process's RSS with psutil every 0.2 s; the peak RSS and USS of Ray's worker processes by type (the id
-ledger's shards, the validation tasks, the stage actors) are sampled alongside every second. USS counts
-only a process's own pages: RSS also counts the object-store pages a task maps to read its blocks, which
-grow with the store's use, not with what the process keeps. Rows ask for small pictures
-(`--size`, 64x64) and each run's media is deleted after it: a million real-size PNGs would cost hours
-of encoding and hundreds of GB, and neither touches the driver.
+ledger's shards, the validation tasks, the stage actors) are sampled alongside every second. Rows ask
+for small pictures (`--size`, 64x64) and each run's media is deleted after it: a million real-size PNGs
+would cost hours of encoding and hundreds of GB, and neither touches the driver.
 
-The driver's RSS also counts the pages of Ray's object store it has mapped to read result blocks: the
-store hands out fresh pages as the run goes on, so that part grows with the store's use until every
-page of it has been touched once, whatever the driver keeps. Every second the driver's USS (its own
-pages outside the object store) and the object-store pages in its RSS are sampled too, so its growth
-can be told apart.
+RSS also counts the pages of Ray's object store a process has mapped to write or read blocks: the store
+hands out fresh pages as the run goes on, so that part grows with the store's use, whatever the process
+keeps. Every second the driver's USS outside the object store (its own pages) and the store's pages in
+its RSS are sampled too, and the workers' USS leaves the store out (`bench.monitor`), so what a process
+keeps can be told apart from the store's pages it has touched.
 """
 
 from __future__ import annotations
@@ -38,7 +36,7 @@ log = logging.getLogger(__name__)
 def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -> dict[str, Any]:
     import psutil
 
-    from latentmill.bench.monitor import ProcessMonitor
+    from latentmill.bench.monitor import ProcessMonitor, own_and_store
 
     table = make_prompt_table(out / "inputs" / f"prompts-{rows}-{size}px.parquet", rows, row_group_size=10_000,
                               size=size)
@@ -70,7 +68,8 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
             try:
                 rss = driver.memory_info().rss
                 if rss and len(series) % 5 == 0:
-                    own_series.append((time.perf_counter() - started, *_own_and_store(driver)))
+                    own, store = own_and_store(driver)
+                    own_series.append((time.perf_counter() - started, own / 2**20, store / 2**20))
             except psutil.Error:
                 break
             if rss == 0:  # exited between poll() and the sample (a zombie reports no memory)
@@ -102,22 +101,17 @@ def measure(rows: int, model: str, batch_size: int, out: Path, size: int = 64) -
         "job": job,
         "rss_series_mb": series[::step],
         "uss_and_object_store_series_mb": own_series[::max(1, len(own_series) // 200)],
-        "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"], "peak_uss_mb": v["peak_uss_mb"]}
+        "uss_last_tenth_median_mb": _last_tenth_median(own_series, wall),
+        "workers": {kind: {"processes": v["actors"], "peak_rss_mb": v["peak_rss_mb"], "peak_uss_mb": v["peak_uss_mb"],
+                           "peak_object_store_rss_mb": v["peak_object_store_rss_mb"]}
                     for kind, v in workers.summary().items()},
     }
 
 
-def _own_and_store(process) -> tuple[float, float]:
-    """A process's USS outside the object store and the object-store pages in its RSS, in MiB, from one
-    read of its memory map. Ray's store is a mapped file named plasma*; a store page that only this
-    process has touched counts as its private page, hence the store's mapping is left out of the USS."""
-    uss = store = 0
-    for mapping in process.memory_maps(grouped=True):
-        if Path(mapping.path).name.startswith("plasma"):
-            store += mapping.rss
-        else:
-            uss += mapping.private_clean + mapping.private_dirty
-    return uss / 2**20, store / 2**20
+def _last_tenth_median(series: list[tuple[float, float, float]], wall: float) -> float | None:
+    """The driver's USS where the run ends, without its spikes: the median of the last tenth's samples."""
+    last = sorted(uss for t, uss, _ in series if t >= 0.9 * wall)
+    return last[len(last) // 2] if last else None
 
 
 def run_driver_memory(args) -> dict[str, Any]:
@@ -148,13 +142,13 @@ def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
         "uss_growth_first_to_last": uss_growth,
     }
     (out / "driver_memory.json").write_text(json.dumps(report, indent=2, default=str))
-    rows = [[p["rows"], p["peak_rss_mb"], p.get("peak_uss_mb"), p.get("peak_object_store_rss_mb"),
-             p["rss_at_end_mb"], p["wall_seconds"], p["rows_per_s"], p["outputs_written"], p["rows_failed"]]
-            for p in points]
+    rows = [[p["rows"], p["peak_rss_mb"], p.get("peak_uss_mb"), p.get("uss_last_tenth_median_mb"),
+             p.get("peak_object_store_rss_mb"), p["rss_at_end_mb"], p["wall_seconds"], p["rows_per_s"],
+             p["outputs_written"], p["rows_failed"]] for p in points]
     md = [f"Machine: {report['machine']}", "", f"Command: `{report['command']}`", "",
           ar.markdown_table(["rows", "driver peak RSS MiB", "driver peak USS MiB (outside the object store)",
-                             "object-store pages in driver RSS, peak MiB", "driver RSS at end MiB", "wall s",
-                             "rows/s", "outputs", "failed"], rows), ""]
+                             "driver USS MiB, median of the run's last tenth", "object-store pages in driver RSS, "
+                             "peak MiB", "driver RSS at end MiB", "wall s", "rows/s", "outputs", "failed"], rows), ""]
     if growth is not None:
         md.append(f"Peak RSS growth from {points[0]['rows']} to {points[-1]['rows']} rows: {growth:+.1%}")
     if uss_growth is not None:
@@ -164,9 +158,10 @@ def _write(out: Path, points: list[dict[str, Any]], args) -> dict[str, Any]:
         def peak(point, kind, measure):
             return (point.get("workers", {}).get(kind) or {}).get(measure)
 
+        measures = {"RSS": "peak_rss_mb", "USS": "peak_uss_mb", "object-store RSS": "peak_object_store_rss_mb"}
         md += ["", ar.markdown_table(
-            ["Ray process type", *(f"peak {name} MiB at {p['rows']} rows" for name in ("RSS", "USS") for p in points)],
-            [[kind, *(peak(p, kind, measure) for measure in ("peak_rss_mb", "peak_uss_mb") for p in points)]
-             for kind in kinds])]
+            ["Ray process type", *(f"peak {name} MiB at {p['rows']} rows" for name in measures for p in points)],
+            [[kind, *(peak(p, kind, measure) for measure in measures.values() for p in points)] for kind in kinds]),
+            "", "USS leaves out the object store's pages; a pooled worker counts under the task it was running."]
     (out / "driver_memory.md").write_text("\n".join(md) + "\n")
     return report

@@ -6,6 +6,11 @@ are never counted). A worker's type is read from its process title, which Ray se
 ``ray::MapWorker(MapBatches(DenoiseWorker))`` and the like. A pooled task worker's title changes with
 each task it runs (a read, then an end-of-run statistics task), so its memory is counted under the
 title it has when sampled; its CPU time under the title it first had.
+
+USS (a process's own pages) leaves out Ray's object store: a store page that only one process has
+touched (a block it wrote, or read alone) counts as that process's private page, so over a long run a
+task's USS would grow with the store's use rather than with what the task keeps. The store's pages in a
+process's RSS are reported apart.
 """
 
 from __future__ import annotations
@@ -39,12 +44,25 @@ class ProcessRecord:
     first_seen: float
     peak_gpu: int = 0
     cpu_seconds: float = 0.0  # user + system, as last sampled
-    peaks_by_title: dict[str, tuple[int, int]] = field(default_factory=dict)  # title -> (peak RSS, peak USS)
+    # title -> (peak RSS, peak USS outside the object store, peak object-store pages in RSS)
+    peaks_by_title: dict[str, tuple[int, int, int]] = field(default_factory=dict)
 
-    def sampled(self, title: str, rss: int, uss: int) -> None:
+    def sampled(self, title: str, rss: int, uss: int = 0, store: int = 0) -> None:
         if title != "IDLE":
-            old_rss, old_uss = self.peaks_by_title.get(title, (0, 0))
-            self.peaks_by_title[title] = (max(old_rss, rss), max(old_uss, uss))
+            old = self.peaks_by_title.get(title, (0, 0, 0))
+            self.peaks_by_title[title] = (max(old[0], rss), max(old[1], uss), max(old[2], store))
+
+
+def own_and_store(process) -> tuple[int, int]:
+    """A process's USS outside Ray's object store, and the store's pages in its RSS, in bytes, from one
+    read of its memory map (the store is a mapped file named plasma*)."""
+    uss = store = 0
+    for mapping in process.memory_maps(grouped=True):
+        if os.path.basename(mapping.path).startswith("plasma"):
+            store += mapping.rss
+        else:
+            uss += mapping.private_clean + mapping.private_dirty
+    return uss, store
 
 
 @dataclass
@@ -52,7 +70,7 @@ class ProcessMonitor:
     """A background sampler; use as a context manager around a run."""
 
     interval: float = 0.25
-    uss: bool = True  # unique set size costs a read of /proc/PID/smaps; fine for a few processes
+    uss: bool = True  # costs a read of /proc/PID/smaps: ~10 ms a process for a torch worker
     gpu: bool = True
     records: dict[int, ProcessRecord] = field(default_factory=dict)
     driver_peak_rss: int = 0
@@ -108,12 +126,11 @@ class ProcessMonitor:
                     elif record.kind == "IDLE" and title and title != "IDLE":  # a pooled worker's first task
                         record.kind, record.first_seen = title, now
                     title = title or record.kind
+                    info = child.memory_info()
                     if self.uss and title != "IDLE":
-                        info = child.memory_full_info()
-                        record.sampled(title, info.rss, info.uss)
+                        record.sampled(title, info.rss, *own_and_store(child))
                     else:
-                        info = child.memory_info()
-                        record.sampled(title, info.rss, 0)
+                        record.sampled(title, info.rss)
                     times = child.cpu_times()
                     record.cpu_seconds = times.user + times.system
                 except psutil.Error:
@@ -199,9 +216,10 @@ class ProcessMonitor:
             gpu = [r.peak_gpu for r in self.records.values() if r.kind == kind]
             out[kind] = {
                 "actors": len(peaks),
-                "peak_rss_mb": max(rss for rss, _ in peaks) / MB,
-                "mean_peak_rss_mb": sum(rss for rss, _ in peaks) / len(peaks) / MB,
-                "peak_uss_mb": (max(uss for _, uss in peaks) / MB) if self.uss else None,
+                "peak_rss_mb": max(rss for rss, _, _ in peaks) / MB,
+                "mean_peak_rss_mb": sum(rss for rss, _, _ in peaks) / len(peaks) / MB,
+                "peak_uss_mb": (max(uss for _, uss, _ in peaks) / MB) if self.uss else None,
+                "peak_object_store_rss_mb": (max(store for _, _, store in peaks) / MB) if self.uss else None,
                 "peak_gpu_mb": (max(gpu, default=0) / MB) if self._nvidia else None,
             }
         return out

@@ -279,17 +279,17 @@ def test_object_store_pages_are_told_apart_from_the_drivers_own(tmp_path):
 
     import psutil
 
-    from latentmill.bench.driver_memory import _own_and_store
+    from latentmill.bench.monitor import own_and_store
 
     store_file = tmp_path / "plasmaTEST"
     store_file.write_bytes(b"\0" * (32 * 2**20))
     me = psutil.Process()
-    own_before, store_before = _own_and_store(me)
+    own_before, store_before = own_and_store(me)
     with open(store_file, "r+b") as handle, mmap.mmap(handle.fileno(), 0) as pages:
         pages[:: mmap.PAGESIZE] = b"x" * len(range(0, len(pages), mmap.PAGESIZE))  # touch (dirty) every page
-        own_after, store_after = _own_and_store(me)
-    assert store_after - store_before >= 32
-    assert own_after - own_before < 16
+        own_after, store_after = own_and_store(me)
+    assert store_after - store_before >= 32 * 2**20
+    assert own_after - own_before < 16 * 2**20
 
 
 def test_driver_memory_report_separates_each_process_types_rss_and_uss(tmp_path):
@@ -313,6 +313,7 @@ def test_driver_memory_report_separates_each_process_types_rss_and_uss(tmp_path)
     header = next(line for line in markdown.splitlines() if line.startswith("| Ray process type"))
     assert [cell.strip() for cell in header.strip("|").split("|")] == [
         "Ray process type", "peak RSS MiB at 1000 rows", "peak RSS MiB at 10000 rows",
-        "peak USS MiB at 1000 rows", "peak USS MiB at 10000 rows"]
+        "peak USS MiB at 1000 rows", "peak USS MiB at 10000 rows",
+        "peak object-store RSS MiB at 1000 rows", "peak object-store RSS MiB at 10000 rows"]
     row = next(line for line in markdown.splitlines() if line.startswith("| ReadParquet"))
-    assert [cell.strip() for cell in row.strip("|").split("|")][1:] == ["200", "320", "100", "105"]
+    assert [cell.strip() for cell in row.strip("|").split("|")][1:] == ["200", "320", "100", "105", "n/a", "n/a"]
