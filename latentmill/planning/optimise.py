@@ -420,8 +420,8 @@ def recommend_device_pools(costs: dict[str, StageCost], batches: dict[str, int],
     half a device too, never more denoisers than devices: a device holds at most two copies of the
     denoiser's weights, and otherwise shares with the VAE and the text encoder.
 
-    `recommend` rounds every pool up at one common rate, so with whole denoisers it can leave most of
-    a device idle (SDXL on 8 devices: 6 denoisers). Here each denoiser pool (k actors of share s) gets
+    `recommend` sizes every pool for one common rate and rounds each up, which can strand part of a
+    device, and knows nothing of the decoders' host work. Here each denoiser pool (k actors of share s) gets
     the rest of the budget: the encoders the smallest share that keeps up with it, the decoders all that
     is left, in as many actors (up to 2k + 1) as decode the most, every share one that packs
     (`packable_shares`); a plan whose actors cannot all be placed (`fits_devices`) is not considered.
@@ -436,7 +436,7 @@ def recommend_device_pools(costs: dict[str, StageCost], batches: dict[str, int],
         _clean(1.0 - step * grid) for step in range(math.floor(0.5 / grid + EPS) + 1)]
     best: Plan | None = None
     for share in shares:
-        for denoisers in range(1, math.floor(min(budget.devices / share, budget.devices) + EPS) + 1):
+        for denoisers in range(1, math.floor(budget.devices + EPS) + 1):
             rate = denoisers * share / row_seconds["denoise"]
             encoders = _packable_pool(pool_for_share(rate * (row_seconds["encode"] + grid * host.get("encode", 0.0)),
                                                      grid), grid)
