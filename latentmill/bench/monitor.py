@@ -15,6 +15,7 @@ process's RSS are reported apart.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import shutil
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 
 _TITLE = re.compile(r"^ray::(?:MapWorker\(MapBatches\((?P<udf>[A-Za-z_][A-Za-z0-9_]*)\)\)|(?P<other>[A-Za-z_][A-Za-z0-9_]*))")
 MB = 2**20
+USS_INTERVAL_S = 1.0
 
 
 def worker_kind(cmdline: list[str]) -> str | None:
@@ -46,6 +48,7 @@ class ProcessRecord:
     cpu_seconds: float = 0.0  # user + system, as last sampled
     # title -> (peak RSS, peak USS outside the object store, peak object-store pages in RSS)
     peaks_by_title: dict[str, tuple[int, int, int]] = field(default_factory=dict)
+    uss_sampled_at: float = -math.inf
 
     def sampled(self, title: str, rss: int, uss: int = 0, store: int = 0) -> None:
         if title != "IDLE":
@@ -70,7 +73,7 @@ class ProcessMonitor:
     """A background sampler; use as a context manager around a run."""
 
     interval: float = 0.25
-    uss: bool = True  # costs a read of /proc/PID/smaps: ~10 ms a process for a torch worker
+    uss: bool = True  # a read of /proc/PID/smaps, ~10 ms a process for a torch worker: once a second at most
     gpu: bool = True
     records: dict[int, ProcessRecord] = field(default_factory=dict)
     driver_peak_rss: int = 0
@@ -127,7 +130,8 @@ class ProcessMonitor:
                         record.kind, record.first_seen = title, now
                     title = title or record.kind
                     info = child.memory_info()
-                    if self.uss and title != "IDLE":
+                    if self.uss and title != "IDLE" and now - record.uss_sampled_at >= USS_INTERVAL_S:
+                        record.uss_sampled_at = now
                         record.sampled(title, info.rss, *own_and_store(child))
                     else:
                         record.sampled(title, info.rss)

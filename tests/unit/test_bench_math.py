@@ -119,8 +119,8 @@ def test_worker_kind_from_ray_process_titles():
 def test_a_pooled_workers_memory_counts_under_the_task_it_is_running():
     """Ray reuses a task worker for the next task (a read, then an end-of-run shuffle) and retitles it:
     each title's peak is what the process held while it had that title."""
-    later = "import time; b = bytearray(200 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5)"
-    first = ("import os, time; b = bytearray(20 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(1.5); "
+    later = "import time; b = bytearray(200 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(2.5)"
+    first = ("import os, time; b = bytearray(20 * MB); b[::4096] = b'x' * len(b[::4096]); time.sleep(2.5); "
              f"os.execv({sys.executable!r}, ['ray::HashShuffleMap', '-c', {'MB = 2**20; ' + later!r}])")
     with ProcessMonitor(interval=0.1, uss=True, gpu=False) as monitor:  # exec keeps the process id
         process = subprocess.Popen(["ray::ReadParquet->MapBatches(validate_batch)", "-c", "MB = 2**20; " + first],
