@@ -95,7 +95,7 @@ def plan_for_devices(profile_name: str, time_scale: float, devices: int, host_de
     batches = choose_batches(costs, profile_row_bytes(profile_name), fixed={"denoise": profile.denoise_batch})
     sizing = {stage: StageCost(cost.t0 + CALL_OVERHEAD_S, cost.t1) for stage, cost in costs.items()}
     sizing["denoise"] = costs["denoise"]
-    budget = Budget(devices=devices, kind="gpu", whole_denoise_devices=None if not share_denoisers else False)
+    budget = Budget(devices=devices, kind="gpu", whole_denoise_devices=False if share_denoisers else None)
     plan = recommend_device_pools(sizing, batches, budget, {"decode": host_decode})
     # Each stage at the larger of the plan's batch and the peer's (the denoiser's): the cheaper per row,
     # so the bound is above both contenders.

@@ -359,7 +359,7 @@ def _recommend(costs: dict[str, StageCost], batches: dict[str, int], budget: Bud
     row_seconds = _check_costs(costs, batches)
     whole = budget.whole_denoisers
     minimum = {s: (1, 1.0 if (whole and s == "denoise") else budget.fraction_grid) for s in STAGES}
-    if sum(n * f for n, f in minimum.values()) > budget.devices + EPS:
+    if not fits_devices(minimum.values(), budget):
         if whole:  # a single device too small for a whole denoiser plus the others: share it
             return _recommend(costs, batches, Budget(**{**asdict(budget), "whole_denoise_devices": False}))
         raise PlanError(
