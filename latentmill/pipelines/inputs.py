@@ -364,29 +364,45 @@ def read_pieces(table: PromptTable, tasks: int) -> list[list[ReadPiece]]:
 
     A large file is split between tasks by its row groups rather than read whole by one task: every
     task is then short, and its blocks' bookkeeping (in the driver, which owns the task) ends with it.
-    Small files share a task. Files without rows are left out.
+    Each cut falls at the row-group boundary nearest its share of the rows. Small files share a task.
+    Files without rows are left out.
     """
-    tasks = max(1, tasks)
+    cuts = _nearest_boundaries(table, max(1, tasks))
     chosen: list[list[ReadPiece]] = []
     current: list[ReadPiece] = []
-    cut = 1  # the next cut falls after `cut / tasks` of the table's rows
     read = 0  # the table's rows before this row group and in it
     for file, groups in zip(table.files, table.file_row_groups):
         start, first_row, rows = 0, 0, 0
         for group, group_rows in enumerate(groups):
             rows += group_rows
             read += group_rows
-            if cut < tasks and read * tasks >= cut * table.num_rows and rows:
+            if read in cuts and rows:
+                cuts.discard(read)
                 current.append(ReadPiece(file, range(start, group + 1), first_row, rows))
                 chosen.append(current)
                 current = []
                 start, first_row, rows = group + 1, first_row + rows, 0
-                cut = read * tasks // table.num_rows + 1  # past every share this cut reached
         if rows:
             current.append(ReadPiece(file, range(start, len(groups)), first_row, rows))
     if current:
         chosen.append(current)
     return chosen
+
+
+def _nearest_boundaries(table: PromptTable, tasks: int) -> set[int]:
+    """For each of the `tasks - 1` even shares of the table's rows, the row count after the row group
+    whose end is nearest it (the earlier on a tie); never the table's end."""
+    import bisect
+    import itertools
+
+    ends = list(itertools.accumulate(rows for groups in table.file_row_groups for rows in groups))
+    cuts = set()
+    for share in range(1, tasks):
+        target = share * table.num_rows / tasks
+        at = bisect.bisect_left(ends, target)
+        near = [ends[i] for i in (at - 1, at) if 0 <= i < len(ends)]
+        cuts.add(min(near, key=lambda end: (abs(end - target), end)))
+    return cuts - {0, table.num_rows}
 
 
 def _read_pieces(fs, pieces: tuple[ReadPiece, ...], arrow_schema) -> Iterator[Any]:

@@ -242,6 +242,30 @@ def test_a_large_file_is_split_between_read_tasks_by_row_groups(tmp_path, tasks)
     assert sum(row[READ_ERROR] is not None for row in rows) == 3
 
 
+@pytest.mark.parametrize(("groups", "tasks", "task_rows"), [
+    ((4, 4, 2), 2, [4, 6]),  # the first boundary past half (8) would give 8 and 2
+    ((1, 1, 1, 1, 6), 2, [4, 6]),
+    ((3, 3, 3, 3), 3, [3, 6, 3]),  # shares at 4 and 8: boundaries 3 and 9 are nearest
+    ((10,), 4, [10]),
+])
+def test_read_tasks_cut_at_the_row_group_boundary_nearest_each_share(tmp_path, groups, tasks, task_rows):
+    rows = [f"p{i}" for i in range(sum(groups))]
+    parts, start = [], 0
+    for size in groups:
+        parts.append(pa.table({"prompt": rows[start:start + size]}))
+        start += size
+    folder = tmp_path / "t"
+    folder.mkdir()
+    with pq.ParquetWriter(folder / "a.parquet", parts[0].schema) as writer:
+        for part in parts:
+            writer.write_table(part)
+    table = inspect(folder)
+    assert table.file_row_groups == (groups,)
+    read = prompt_datasource(table).get_read_tasks(tasks)
+    assert [task.metadata.num_rows for task in read] == task_rows
+    assert [row["prompt"] for task in read for block in task() for row in block.to_pylist()] == rows
+
+
 def test_a_file_gone_before_its_later_row_groups_are_read(tmp_path):
     """A task reading a later part of a vanished file names that part's rows, from the driver's footer."""
     folder = write(tmp_path / "t", {"a.parquet": pa.table({"prompt": [f"p{i}" for i in range(6)]})}, row_group_size=2)
