@@ -396,6 +396,8 @@ def _nearest_boundaries(table: PromptTable, tasks: int) -> set[int]:
     import itertools
 
     ends = list(itertools.accumulate(rows for groups in table.file_row_groups for rows in groups))
+    if not ends:
+        return set()
     cuts = set()
     for share in range(1, tasks):
         target = share * table.num_rows / tasks

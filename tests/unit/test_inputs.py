@@ -220,6 +220,10 @@ def test_read_tasks_take_the_files_in_order_and_skip_empty_ones(tmp_path):
     assert tasks[1].schema == read_schema(table.arrow_schema)
     assert [row["prompt"] for block in tasks[1]() for row in block.to_pylist()] == ["p4"] * 4
     assert len(prompt_datasource(table).get_read_tasks(100)) == 4  # a file's one row group is not split
+    with pq.ParquetWriter(tmp_path / "none.parquet", pa.schema([("prompt", pa.string())])):
+        pass  # a file without a single row group
+    assert inspect(tmp_path / "none.parquet").file_row_groups == ((),)
+    assert prompt_datasource(inspect(tmp_path / "none.parquet")).get_read_tasks(3) == []
 
 
 @pytest.mark.parametrize("tasks", [1, 2, 3, 7, 50])
