@@ -1,4 +1,4 @@
-"""Interpolation jobs: keyframes to smooth transitions, endpoints equal to plain runs, exactly once."""
+"""Interpolation jobs: keyframes to smooth transitions, endpoints equal to plain diffusers, exactly once."""
 
 from __future__ import annotations
 
@@ -13,12 +13,13 @@ import pytest
 
 import latentmill
 from latentmill import schema
-from latentmill.io import media, storage
+from latentmill.actors import blend
+from latentmill.io import media
 from latentmill.jobs.cli import EXIT_JOB_ERROR, main
 from latentmill.models.shapes import measure
 from latentmill.pipelines.job import JobError
 
-from tests.helpers import generate, read_parquet_folder, write_table
+from tests.helpers import reference_frames, write_table
 from tests.integration.exactly_once import session_env
 
 pytestmark = pytest.mark.slow
@@ -33,13 +34,13 @@ def frames_of(out, transition_id: str, frames: int) -> np.ndarray:
                      for k in range(frames)]).astype(int)
 
 
-def plain(tmp_path, model: str, rows: list[dict]) -> dict[str, np.ndarray]:
-    table = write_table(tmp_path / "plain.parquet", rows)
-    generate(str(table), str(tmp_path / "plain"), model=model)
-    fs, root = storage.resolve(str(tmp_path / "plain"))
-    manifest = read_parquet_folder(fs, storage.join(root, "manifest")).to_pylist()
-    return {row[schema.ID]: media.decode_image(storage.read_bytes(*storage.resolve(row[schema.OUTPUT_URI]))).astype(int)
-            for row in manifest}
+def plain_endpoints(out, model: str, transition_id: str) -> tuple[np.ndarray, np.ndarray]:
+    """What the plain diffusers pipeline makes for the transition's (prompt_a, seed_a) and (prompt_b, seed_b),
+    with every other parameter from its first frame's manifest row."""
+    [first] = [row for row in pq.read_table(out / "manifest").to_pylist() if row[schema.ID] == f"{transition_id}-f0000"]
+    ends = [dict(first, id="a"), dict(first, id="b", prompt=first[blend.PROMPT_B], seed=first[blend.SEED_B])]
+    frames = reference_frames(model, ends)
+    return frames["a"][0].astype(int), frames["b"][0].astype(int)
 
 
 RED_CIRCLE = "a large red circle in the center on a white background"
@@ -58,7 +59,7 @@ def shape_fill(frame: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("model", ["builtin:shapes", "builtin:tiny-flux"])
-def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tmp_path, model):
+def test_transitions_start_and_end_at_plain_diffusers_and_move_smoothly(ray_local, tmp_path, model):
     keyframes = write_table(tmp_path / "keyframes.parquet", [
         {"id": "red-to-blue", "prompt_a": RED_CIRCLE, "prompt_b": BLUE_SQUARE, "seed_a": 11, "seed_b": 22,
          "frames": FRAMES},
@@ -69,11 +70,10 @@ def test_transitions_start_and_end_at_plain_runs_and_move_smoothly(ray_local, tm
     summary = latentmill.interpolate(str(keyframes), str(out), model=model, stages=STAGES, ray={"progress_bars": False})
     assert (summary.transitions_written, summary.transitions_failed, summary.frames_written) == (2, 0, FRAMES + 4)
 
-    reference = plain(tmp_path, model, [{"id": "a", "prompt": RED_CIRCLE, "seed": 11},
-                                        {"id": "b", "prompt": BLUE_SQUARE, "seed": 22}])
+    start, end = plain_endpoints(out, model, "red-to-blue")
     frames = frames_of(out, "red-to-blue", FRAMES)
-    assert np.abs(frames[0] - reference["a"]).max() <= 2, "t=0 differs from a plain run of (prompt_a, seed_a)"
-    assert np.abs(frames[-1] - reference["b"]).max() <= 2, "t=1 differs from a plain run of (prompt_b, seed_b)"
+    assert np.abs(frames[0] - start).max() <= 2, "t=0 differs from plain diffusers for (prompt_a, seed_a)"
+    assert np.abs(frames[-1] - end).max() <= 2, "t=1 differs from plain diffusers for (prompt_b, seed_b)"
     steps = [np.abs(frames[k + 1] - frames[k]).mean() for k in range(FRAMES - 1)]
     endpoints = np.abs(frames[-1] - frames[0]).mean()
     assert max(steps) < endpoints / (FRAMES / 4), (steps, endpoints)
