@@ -4,11 +4,14 @@
         latentmill bench driver-memory --rows 150000 --batch-size 256 --out DIR
     TRACEMALLOC_PROBE_LOG=/tmp/traced.jsonl PYTHONPATH=benchmarks/driver_probe \
         latentmill bench driver-memory --rows 150000 --batch-size 256 --out DIR
+    ARROW_PROBE_LOG=/tmp/arrow.jsonl PYTHONPATH=benchmarks/driver_probe \
+        latentmill bench driver-memory --rows 150000 --batch-size 256 --out DIR
 
 GC_PROBE_LOG: every full (generation 2) collection of Python's cyclic collector with what it freed, and
 every 5 s the collections so far per generation. TRACEMALLOC_PROBE_LOG: the memory Python's allocators hold
 (tracemalloc; numpy's arrays included, Arrow's and Ray's native buffers not) every second. Tracing roughly
-doubles the driver's memory, so that run's memory figures are not comparable with others.
+doubles the driver's memory, so that run's memory figures are not comparable with others. ARROW_PROBE_LOG:
+the bytes Arrow's default memory pool has allocated (and its backend) every second.
 
 Python imports `sitecustomize` from PYTHONPATH at start; only the process running `latentmill.jobs.cli`
 (the driver the benchmark starts) installs a probe, not the Ray workers that inherit the variable.
@@ -69,8 +72,18 @@ def _python_allocations(path: str) -> None:
     _every(1, lambda: log(traced_mb=round(tracemalloc.get_traced_memory()[0] / 2**20, 1)))
 
 
+def _arrow_allocations(path: str) -> None:
+    import pyarrow as pa
+
+    pool, log = pa.default_memory_pool(), _log(path)
+    log(backend=pool.backend_name)
+    _every(1, lambda: log(arrow_mb=round(pool.bytes_allocated() / 2**20, 1)))
+
+
 if _is_driver():
     if os.environ.get("GC_PROBE_LOG"):
         _collector(os.environ["GC_PROBE_LOG"])
     if os.environ.get("TRACEMALLOC_PROBE_LOG"):
         _python_allocations(os.environ["TRACEMALLOC_PROBE_LOG"])
+    if os.environ.get("ARROW_PROBE_LOG"):
+        _arrow_allocations(os.environ["ARROW_PROBE_LOG"])
