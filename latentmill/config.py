@@ -352,9 +352,10 @@ class RaySettings(_Strict):
         "at least 1,000.",
     )
     max_lineage_mb: int = Field(
-        16, ge=1,
+        4, ge=1,
         description="Most memory the driver spends on Ray's lineage of finished tasks (Ray's own default is 1 GB, "
         "which a job of millions of rows fills: the encode tasks' specifications carry their prompt blocks). "
+        "Ray drops all of it each time it reaches the cap, so the driver's memory rises and falls by this much. "
         "Applied when latentmill starts or joins Ray; RAY_max_lineage_bytes in the environment wins. Lower "
         "means an intermediate block lost with a node can be rebuilt from less far back (else the job stops "
         "and the same command resumes it).",

@@ -210,7 +210,7 @@ def test_a_local_run_starts_its_own_ray_even_when_a_cluster_is_running(monkeypat
     [call] = fake.calls
     assert call["address"] == "local"  # never the cluster named in /tmp/ray/ray_current_cluster
     assert call["num_cpus"] == 4
-    assert os.environ["RAY_max_lineage_bytes"] == str(16 * 2**20)  # read by Ray as it starts
+    assert os.environ["RAY_max_lineage_bytes"] == str(4 * 2**20)  # read by Ray as it starts
 
 
 def test_the_lineage_cap_comes_from_the_config_unless_the_environment_sets_one(monkeypatch):
