@@ -33,7 +33,7 @@ def prompt_table(folder, rows: int = ROWS):
     """`rows` rows, the first two with one prompt (equal prompts in a batch are encoded once)."""
     ids = [f"r{i:02d}" for i in range(rows)]
     prompts = [f"prompt {i}" for i in ids]
-    prompts[1:2] = prompts[:1]
+    prompts[1] = prompts[0]
     table = write_table(folder / "prompts.parquet", [{"id": i, "prompt": p, "license": LICENSES[n % 2]}
                                                      for n, (i, p) in enumerate(zip(ids, prompts))])
     return table, {f"{i}-s{k}" for i in ids for k in range(SAMPLES)}
