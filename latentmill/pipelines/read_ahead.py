@@ -64,13 +64,20 @@ def install(context, read_ahead: ReadAhead) -> bool:
             first = next((i for i, op in enumerate(chain) if isinstance(op, ActorPoolMapOperator)), 0)
             self.feeder, self.first_pool = (chain[first - 1], chain[first]) if first > 0 else (None, None)
 
-        def can_add_input(self, op: Any) -> bool:
-            if op is not self.feeder:
-                return True
-            waiting = max(0, op.metrics.rows_task_outputs_generated
+        def _within_bound(self) -> bool:
+            waiting = max(0, self.feeder.metrics.rows_task_outputs_generated
                           - self.first_pool.metrics.rows_inputs_of_submitted_tasks)
             read_ahead.peak_rows = max(read_ahead.peak_rows, waiting)
             return waiting <= read_ahead.limit
+
+        def can_add_input(self, op: Any) -> bool:
+            return op is not self.feeder or self._within_bound()
+
+        def max_task_output_bytes_to_read(self, op: Any) -> int | None:
+            # Where Ray Data fuses the read into validation, one task reads a whole file's share of the
+            # table: stopping new tasks is not enough. Not taking a running task's output pauses it (Ray
+            # holds a streaming task once two of its blocks are unread).
+            return None if op is not self.feeder or self._within_bound() else 0
 
     # (one bound per context: a retry pass may run on the context of the pass before it)
     policies = [p for p in context.get_config(POLICIES_KEY, ENABLED_BACKPRESSURE_POLICIES)

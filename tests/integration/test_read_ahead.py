@@ -8,7 +8,7 @@ import pytest
 
 from latentmill.pipelines import read_ahead
 
-ROWS, ROWS_PER_READ_BLOCK, BATCH = 4_000, 100, 16
+ROWS, BATCH = 4_000, 16
 
 
 class SlowFirstPool:
@@ -19,11 +19,12 @@ class SlowFirstPool:
         return batch
 
 
-def _peak_rows_waiting(limit: int) -> int:
+def _peak_rows_waiting(limit: int, read_tasks: int) -> int:
     import ray.data
 
-    dataset = ray.data.range(ROWS, override_num_blocks=ROWS // ROWS_PER_READ_BLOCK)
-    dataset = dataset.map_batches(lambda batch: batch, batch_size=None)  # validation: whole read blocks
+    dataset = ray.data.range(ROWS, override_num_blocks=read_tasks)
+    # Validation on whole read blocks; Ray Data fuses it (and the split below) into the read's tasks.
+    dataset = dataset.map_batches(lambda batch: batch, batch_size=None)
     dataset = dataset.repartition(target_num_rows_per_block=BATCH)  # as the job does before the first pool
     dataset = dataset.map_batches(SlowFirstPool, batch_size=BATCH, compute=ray.data.ActorPoolStrategy(size=1),
                                   num_cpus=0.5)
@@ -35,14 +36,15 @@ def _peak_rows_waiting(limit: int) -> int:
 
 
 @pytest.mark.slow
-def test_the_read_waits_while_the_first_pool_has_enough_rows_waiting(ray_local):
-    unbounded = _peak_rows_waiting(limit=10 * ROWS)
-    bounded = _peak_rows_waiting(limit=64)
+@pytest.mark.parametrize("read_tasks", [40, 4], ids=["small-read-tasks", "a-quarter-of-the-table-per-task"])
+def test_the_read_waits_while_the_first_pool_has_enough_rows_waiting(ray_local, read_tasks):
+    unbounded = _peak_rows_waiting(limit=10 * ROWS, read_tasks=read_tasks)
+    bounded = _peak_rows_waiting(limit=64, read_tasks=read_tasks)
     # Without the bound the read runs far ahead of the slow pool (these rows would sit in the driver).
-    assert unbounded >= ROWS // 2, unbounded
-    # With it, the bound plus the blocks of the validation tasks already running when it trips (a few,
-    # and more on a busy machine): far from the whole table.
-    assert bounded <= ROWS // 4, bounded
+    assert unbounded >= ROWS // 5, unbounded
+    # With it, the bound plus the two blocks Ray lets each running read task hold unread: far from the
+    # table, and far from one read task's rows (1,000 when a task reads a quarter of the table).
+    assert bounded <= ROWS // 10, bounded
 
 
 def test_the_default_bound_keeps_each_actor_of_the_first_pool_four_batches_deep():
