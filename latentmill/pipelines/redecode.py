@@ -123,12 +123,12 @@ def manifest_to_requests(table, rules: RowRules, done=None) -> dict[str, np.ndar
 
 def build_decode_dataset(config, table, rules: RowRules, model, storage_options: dict[str, Any], done=None):
     from latentmill.actors.stages import DecodeWorker
-    from latentmill.pipelines.plan import _read_parquet, decode_kwargs, pool_args, worker_kwargs
+    from latentmill.pipelines.plan import VALIDATE_BATCH_ROWS, _read_parquet, decode_kwargs, pool_args, worker_kwargs
 
     ds = _read_parquet(table)
     if config.input.limit:
         ds = ds.limit(config.input.limit)
-    ds = ds.map_batches(manifest_to_requests, batch_format="pyarrow", batch_size=None,
+    ds = ds.map_batches(manifest_to_requests, batch_format="pyarrow", batch_size=VALIDATE_BATCH_ROWS,
                         fn_kwargs={"rules": rules, "done": done})
     pool = config.stages.decode
     ds = ds.repartition(target_num_rows_per_block=pool.batch_size)

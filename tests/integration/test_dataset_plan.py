@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from latentmill.config import load_config
 from latentmill.pipelines.job import prepare
 from latentmill.pipelines.plan import build_dataset
+
+pytestmark = pytest.mark.slow
 
 
 def _operators(dag) -> list:
@@ -35,5 +39,8 @@ def test_read_and_validation_start_no_extra_worker_pools(ray_local, tmp_path):
     validate = operators[1]
     # Fractional CPUs would let dozens of validation tasks (each a new worker process) run at once.
     assert validate.ray_remote_args.get("num_cpus", 1) >= 1
+    # A read task's rows reach validation as one block when the two fuse: validation takes them in
+    # bounded batches, so its memory does not grow with the share of the table a read task reads.
+    assert validate.batch_size is not None and validate.batch_size <= 4_096, validate.batch_size
     assert [n for n in names if "Worker" in n] == [
         "MapBatches(TextEncodeWorker)", "MapBatches(DenoiseWorker)", "MapBatches(DecodeWorker)"]
