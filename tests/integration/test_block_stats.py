@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import pytest
+
 from latentmill.pipelines.block_stats import block_stats_cap
+
+pytestmark = pytest.mark.slow
 
 BLOCKS, KEEP = 300, 20
 

@@ -59,37 +59,6 @@ def test_64_parti_prompts_give_64_outputs(ray_local, tmp_path, capsys):
     assert 0 <= summary["rows_read_ahead_peak"] <= 64  # the most that waited for the encode pool
 
 
-@pytest.mark.slow
-def test_bad_rows_become_error_rows_and_the_rest_completes(ray_local, tmp_path, capsys):
-    rows = [
-        {"prompt": "fine one"},
-        {"prompt": None},
-        {"prompt": ""},
-        {"prompt": "   "},
-        {"prompt": "odd size", "height": 60},
-        {"prompt": "too big", "width": 4096},
-        {"prompt": "no steps", "num_inference_steps": 0},
-        {"prompt": "fine two", "seed": 5},
-    ]
-    table = write_table(tmp_path / "bad.parquet", rows)
-    out = tmp_path / "out"
-    result = run_cli(["--input", str(table), "--output", str(out)], tmp_path, capsys,
-                     "output: {png_compress_level: 9}\n")
-    assert result.returncode == 0, result.stderr[-3000:]
-    summary = json.loads((out / "summary.json").read_text())
-    assert (summary["rows_read"], summary["outputs_written"], summary["rows_failed"]) == (8, 2, 6)
-    assert {png_zlib_level(path.read_bytes()) for path in (out / "media").iterdir()} == {"maximum"}
-    assert summary["failed_by_stage"] == {"validate": 6}
-    errors = pq.read_table(out / "errors").to_pylist()
-    messages = sorted(e[schema.ERROR_MESSAGE] for e in errors)
-    assert sum("is null" in m for m in messages) == 1
-    assert sum("is empty" in m for m in messages) == 2
-    assert any("multiples of 8" in m for m in messages)
-    assert any("limits.max_height x max_width" in m for m in messages)
-    assert any("num_inference_steps must be >= 1" in m for m in messages)
-    assert all(json.loads(e[schema.INPUT_ROW]) for e in errors)
-
-
 def test_missing_prompt_column_stops_at_once(tmp_path, capsys):
     table = write_table(tmp_path / "t.parquet", [{"text": "hello"}])
     code = main(["run", "--input", str(table), "--output", str(tmp_path / "o")])

@@ -1,6 +1,6 @@
 """Hostile input (issue 3, part 4): each case ends as an output, an error row or a clear stop.
 
-The row-level cases share ONE job run (`hostile`, a table holding every hostile row plus good
+The row-level cases share ONE job run (`hostile` in conftest.py, over ROWS: every hostile row plus good
 ones); each test asserts its rows' outcome and message. Table- and model-level cases stop before
 Ray starts, so they are cheap.
 """
@@ -8,7 +8,6 @@ Ray starts, so they are cheap.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
@@ -23,7 +22,8 @@ from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_JOB_ERROR, EXIT_OK, main
 from latentmill.pipelines.job import JobError, prepare, run_job
 from tests.helpers import write_table
-from tests.integration.exactly_once import check_output, check_summary, run
+from tests.integration.exactly_once import check_output, check_summary
+from tests.integration.test_cli_job import png_zlib_level
 
 LONG_PROMPT = " ".join(["a watercolour painting of a lighthouse on a cliff at dusk, gulls overhead"] * 10)
 UNICODE = {
@@ -52,31 +52,13 @@ ROWS = [
     {"id": "half-step", "prompt": "p", "num_inference_steps": 2.5},
     {"id": "word-guidance", "prompt": "p", "guidance_scale": "high"},
     {"id": "text-seed", "prompt": "p", "seed": "12"},
+    {"id": "odd-size", "prompt": "p", "height": 60},
+    {"id": "no-steps", "prompt": "p", "num_inference_steps": 0},  # 0.0: the column is float (many-steps)
     {"id": "boom", "prompt": "decoding this row raises"},
 ]
 OUTPUTS = {"ok", "long", *UNICODE, "dup", *HOSTILE_IDS}
 FAILED = {"null", "empty", "blank", "too-long", "dup", "tall", "wide", "many-steps", "half-step",
-          "word-guidance", "text-seed", "boom"}
-
-
-@pytest.fixture(scope="module")
-def hostile(ray_local, tmp_path_factory):
-    """One run over every hostile row; a decode fault on row 'boom' (its batch mates must complete)."""
-    folder = tmp_path_factory.mktemp("hostile")
-    table = write_table(folder / "hostile.parquet", ROWS)
-    assert pq.read_schema(table).field("guidance_scale").type == pa.string()  # a wrong-type column
-    out = folder / "out"
-    previous = os.environ.get("LATENTMILL_FAULTS")
-    os.environ["LATENTMILL_FAULTS"] = "decode:raise:boom"
-    try:
-        summary = run(str(table), str(out), limits=LIMITS, output={"manifest_flush_seconds": 1})
-    finally:
-        if previous is None:
-            os.environ.pop("LATENTMILL_FAULTS")
-        else:
-            os.environ["LATENTMILL_FAULTS"] = previous
-    output = check_output(str(out), OUTPUTS, FAILED)
-    return summary, output, out
+          "word-guidance", "text-seed", "odd-size", "no-steps", "boom"}
 
 
 def error(hostile, row_id: str) -> dict:
@@ -96,6 +78,7 @@ def test_every_row_ends_in_exactly_one_place(hostile):
     check_summary(summary, rows=len(ROWS), outputs=len(OUTPUTS), failed=len(FAILED))
     assert summary.failed_by_stage == {"validate": len(FAILED) - 1, "decode": 1}
     check_summary(output.summary, rows=len(ROWS), outputs=len(OUTPUTS), failed=len(FAILED))
+    assert all(json.loads(row[schema.INPUT_ROW]) for row in output.errors.values())  # each keeps its raw row
 
 
 @pytest.mark.slow
@@ -103,6 +86,8 @@ def test_null_empty_and_whitespace_prompts(hostile):
     assert "prompt column 'prompt' is null; give every row a prompt" in validate_error(hostile, "null")
     assert "prompt column 'prompt' is empty" in validate_error(hostile, "empty")
     assert "prompt column 'prompt' is empty" in validate_error(hostile, "blank")
+    messages = [row[schema.ERROR_MESSAGE] for row in hostile[1].errors.values()]  # and on no other row
+    assert sum("is null" in m for m in messages) == 1 and sum("is empty" in m for m in messages) == 2
 
 
 @pytest.mark.slow
@@ -141,9 +126,11 @@ def test_hostile_ids_keep_every_key_inside_the_output_prefix(hostile):
         path = Path(uri).resolve()
         assert path.parent == media, uri
         assert path.name == storage.safe_key(row_id) + ".png" and len(path.name) <= 104
+        latents = Path(output.manifest[row_id][schema.LATENTS_URI]).resolve()
+        assert latents.parent == (out / "latents").resolve(), latents
     # Nothing was written anywhere but the output folder's own sub-folders.
-    assert sorted(p.name for p in out.iterdir()) == ["_latentmill_job.json", "errors", "manifest", "media", "runs",
-                                                     "stats.json", "summary.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["_latentmill_job.json", "errors", "latents", "manifest", "media",
+                                                     "runs", "stats.json", "summary.json"]
     assert not (out.parent / "escape").exists() and not (out.parent.parent / "escape.png").exists()
 
 
@@ -152,6 +139,19 @@ def test_sizes_and_steps_beyond_the_configured_limits(hostile):
     assert "size 256 x 64 exceeds limits.max_height x max_width 128 x 128" in validate_error(hostile, "tall")
     assert "exceeds limits.max_height x max_width" in validate_error(hostile, "wide")
     assert "num_inference_steps 50 exceeds limits.max_steps 8" in validate_error(hostile, "many-steps")
+
+
+@pytest.mark.slow
+def test_a_size_the_model_cannot_make_and_zero_steps(hostile):
+    assert "multiples of 8" in validate_error(hostile, "odd-size")
+    assert "num_inference_steps must be >= 1, got 0" in validate_error(hostile, "no-steps")
+
+
+@pytest.mark.slow
+def test_output_png_compress_level_sets_the_zlib_level(hostile):
+    """The run's output.png_compress_level is 9: zlib's maximum, which the PNG's zlib header declares."""
+    media = hostile[2] / "media"
+    assert {png_zlib_level(path.read_bytes()) for path in media.iterdir()} == {"maximum"}
 
 
 @pytest.mark.slow

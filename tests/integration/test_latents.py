@@ -65,19 +65,20 @@ def test_saved_latents_decode_to_byte_identical_media(ray_local, s3, tmp_path):
     assert (resumed.already_done, resumed.outputs_written) == (4, 0)
 
 
-@pytest.fixture(scope="module")
-def saved_run(ray_local, tmp_path_factory):
-    root = tmp_path_factory.mktemp("saved")
-    table = write_table(root / "prompts.parquet", ROWS[:2])
-    generate(str(table), str(root / "run"), output={"save_latents": True})
-    return root / "run"
+@pytest.fixture
+def saved_run(hostile):
+    """The hostile-input run's output (conftest.py), made with saved latents: a tiny-image run in a local
+    folder. Shared with test_hostile.py, so the tests here decode from it or change a copy, never it."""
+    return hostile[2]
 
 
 def test_another_format_and_tiled_decoding(saved_run, tmp_path):
     summary = decode_again(str(saved_run), str(tmp_path / "webp"), output={"image_format": "webp"}, tiling=True)
-    assert summary.outputs_written == 2
-    rows = manifest_of(str(tmp_path / "webp")).values()
-    assert all(row[schema.MIME_TYPE] == "image/webp" and row[schema.DECODE_MODE] == "tiled" for row in rows)
+    source = manifest_of(str(saved_run))
+    assert summary.outputs_written == len(source)
+    rows = manifest_of(str(tmp_path / "webp"))
+    assert set(rows) == set(source)
+    assert all(row[schema.MIME_TYPE] == "image/webp" and row[schema.DECODE_MODE] == "tiled" for row in rows.values())
 
 
 def test_latents_of_another_family_are_refused_before_anything_starts(saved_run, tmp_path, capsys):

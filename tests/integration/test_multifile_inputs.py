@@ -7,6 +7,8 @@ are corrupt become error rows that name the file. In local folders and on the S3
 
 from __future__ import annotations
 
+import hashlib
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -15,18 +17,21 @@ from latentmill import schema
 from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_OK, main
 from latentmill.pipelines.job import JobError, prepare
-from tests.helpers import generate, write_table
+from tests.helpers import generate, read_parquet_folder, write_table
 from tests.integration.exactly_once import check_output, check_summary, job_config
 
 pytestmark = pytest.mark.slow
 
-# Three files, three column sets: the first has ids and a height (int32), the second only prompts (its
-# rows get derived ids and defaults), the third ids, steps and a seed, which neither of the others has.
+# Four files, four column sets: the first has ids and a height (int32), the second only prompts (its
+# rows get derived ids and defaults), the third ids, steps and a seed, which neither of the others has,
+# the fourth ids with a slash and "..", and a row without a prompt (an error row).
+KEYED_IDS = [f"row/{i} ../x" for i in range(5)]
 FILES = {
     "a.parquet": pa.table({"prompt": ["a red fox", "a grey wolf"], "id": ["fox", "wolf"],
                            "height": pa.array([32, None], pa.int32())}),
     "b.parquet": pa.table({"prompt": ["a lighthouse", "a harbour"]}),
     "c.parquet": pa.table({"prompt": ["a kettle"], "id": ["kettle"], "num_inference_steps": [2], "seed": [7]}),
+    "d.parquet": pa.table({"prompt": [f"prompt number {i}" for i in range(5)] + [None], "id": KEYED_IDS + ["bad"]}),
 }
 
 
@@ -44,26 +49,40 @@ def _s3_settings(s3) -> dict:
     return {"endpoint_url": s3.endpoint_url, "key": s3.access_key, "secret": s3.secret_key}
 
 
-def test_three_files_with_different_columns_keep_every_id_and_override(ray_local, s3, tmp_path):
+def test_four_files_on_s3_keep_every_id_and_override_and_every_object_matches_manifest(ray_local, s3, tmp_path):
     """Defect 1: the columns of later files (ids, overrides) were dropped; the job exited 0 with derived
     ids and default sizes. Defect 2: a later file without the first file's columns (ids, height) stopped
     after Ray started with 'ArrowInvalid: To change retry attempts...', naming neither the file nor the
-    field. On S3 (a local folder of files: the corrupt-pages test below)."""
+    field. On S3 (a local folder of files: the corrupt-pages test below): prompts read from s3://, media,
+    manifest and error rows written there, each object as the manifest describes it, and the secret key
+    nowhere in summary.json."""
     fs, _ = storage.resolve("s3://latentmill/", s3.storage_options())
     prefix = f"latentmill/multifile-{tmp_path.name}"
     _write(FILES, f"{prefix}/table", fs)
     table_uri, out_uri, storage_section, options = (f"s3://{prefix}/table", f"s3://{prefix}/out", _s3_settings(s3),
                                                     s3.storage_options())
     summary, _ = generate(table_uri, out_uri, storage=storage_section)
-    check_summary(summary, rows=5, outputs=5, failed=0)
+    check_summary(summary, rows=11, outputs=10, failed=1)
 
-    output = check_output(out_uri, {"fox", "wolf", "kettle", *_derived_ids(2)}, set(), storage_options=options)
+    output = check_output(out_uri, {"fox", "wolf", "kettle", *_derived_ids(2), *KEYED_IDS}, {"bad"},
+                          storage_options=options)
     fox, wolf, kettle = (output.manifest[key] for key in ("fox", "wolf", "kettle"))
     assert (fox[schema.HEIGHT], fox[schema.WIDTH]) == (32, 64)  # a's override
     assert wolf[schema.HEIGHT] == 64  # a null override: the model's default
     assert (kettle[schema.STEPS], kettle[schema.SEED], kettle[schema.HEIGHT]) == (2, 7, 64)
     derived = [row for key, row in output.manifest.items() if key.startswith("p")]
     assert sorted(row[schema.PROMPT] for row in derived) == ["a harbour", "a lighthouse"]
+
+    for row in output.manifest.values():
+        assert row[schema.OUTPUT_URI].startswith(f"{out_uri}/media/")
+        data = fs.cat_file(row[schema.OUTPUT_URI])
+        assert hashlib.sha256(data).hexdigest() == row[schema.SHA256] and len(data) == row[schema.BYTES]
+    media_keys = fs.ls(f"{prefix}/out/media")
+    assert len(media_keys) == 10 and all("/media/" in key for key in media_keys)
+    errors = read_parquet_folder(fs, f"{prefix}/out/errors").to_pylist()
+    assert [(e[schema.ID], e[schema.ERROR_STAGE]) for e in errors] == [("bad", "validate")]
+    summary_json = fs.cat_file(f"{prefix}/out/summary.json").decode()
+    assert s3.secret_key not in summary_json and '"outputs_written": 10' in summary_json
 
 
 def _derived_ids(count: int) -> set[str]:

@@ -5,6 +5,11 @@ test's own, then greps stdout, stderr, every file of that Ray session (raylet, G
 actor logs) and every object the job wrote for the secret. The credentials are in the job file's
 storage section and in the AWS_* variables of the run's processes; the run also restarts the S3
 server mid-run (issue 3, case (c)): the transient errors are retried and nothing is lost or doubled.
+
+The same run shows that a run without an address starts a Ray of its own even when a Ray cluster runs on
+the machine and Ray's address file (`<RAY_TMPDIR>/ray/ray_current_cluster`) names it: a plain
+`ray.init(num_cpus=...)` would try to join that cluster and fail ("When connecting to an existing
+cluster, num_cpus and num_gpus must not be provided"). The test session's Ray is that cluster.
 """
 
 from __future__ import annotations
@@ -90,12 +95,23 @@ def upload_table(s3, tmp_path, key: str, n: int) -> tuple[str, list[str]]:
     return f"s3://latentmill/{key}", ids
 
 
-def test_credentials_appear_in_no_log_or_output_and_survive_an_s3_restart(s3, model_cache, tmp_path, ray_tmpdir):
+def name_the_running_cluster(ray_tmpdir: Path) -> str:
+    """Write Ray's address file in the run's RAY_TMPDIR, naming the test session's Ray; returns its address."""
+    import ray
+
+    address = ray.get_runtime_context().gcs_address
+    (ray_tmpdir / "ray").mkdir()
+    (ray_tmpdir / "ray" / "ray_current_cluster").write_text(address)
+    return address
+
+
+def test_credentials_appear_in_no_log_or_output_and_survive_an_s3_restart(s3, ray_local, tmp_path, ray_tmpdir):
     """One run checked for both: the credentials are in the job file's storage section (which the job
     uses) and in the AWS_* variables of every process of the run; a decode failure and a bad row make error
     rows and retry warnings (where a secret would leak first), the driver logs at debug level, and the S3
     server restarts mid-run. (s3fs taking the credentials from the AWS_* variables alone: test_faults.py's
-    `environment` case, test_inspect_s3.py and test_s3_storage.py.)"""
+    `environment` case, test_inspect_s3.py and test_s3_storage.py.) The address file names the test
+    session's Ray, and the run starts a Ray of its own beside it."""
     n = 8
     table, ids = upload_table(s3, tmp_path, "secrets/in/job-file.parquet", n)
     job = tmp_path / "job.yaml"
@@ -127,12 +143,15 @@ storage:
                 return
             time.sleep(0.2)
 
+    name_the_running_cluster(ray_tmpdir)
     driver = run_cli(job, env, "--input", table, "--output", out, verbose=True)  # debug-level driver log
     thread = threading.Thread(target=restart_after_first_object, args=(driver,), daemon=True)
     thread.start()
     stdout, stderr = driver.communicate(timeout=600)
     thread.join(timeout=60)
     assert driver.returncode == 0, stderr[-3000:]
+    assert "Traceback" not in stderr
+    assert "Started a local Ray instance" in stderr  # not a join of the cluster the address file names
     assert restarted and restarted["objects_before"] < n - 1, restarted  # the restart was mid-run
 
     output = check_output(out, set(ids) - {"s-01"}, {"bad", "s-01"}, storage_options=options)
