@@ -24,13 +24,18 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-_TITLE = re.compile(r"^ray::(?:MapWorker\(MapBatches\((?P<udf>[A-Za-z_][A-Za-z0-9_]*)\)\)|(?P<other>[A-Za-z_][A-Za-z0-9_]*))")
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+# A task's title keeps its function ('MapBatches(validate_batch)', fused: 'ReadParquet->MapBatches(...)'), so
+# a run's validation and its end-of-run passes count apart.
+_TITLE = re.compile(rf"^ray::(?:MapWorker\(MapBatches\((?P<udf>{_NAME})\)\)|(?P<other>{_NAME}(?:\({_NAME}\))?"
+                    rf"(?:->{_NAME}(?:\({_NAME}\))?)*))")
 MB = 2**20
 USS_INTERVAL_S = 1.0
 
 
 def worker_kind(cmdline: list[str]) -> str | None:
-    """'DenoiseWorker' for a Ray Data actor of that class; 'IDLE' and other Ray names pass through."""
+    """'DenoiseWorker' for a Ray Data actor of that class; 'MapBatches(validate_batch)' for a task; 'IDLE' and
+    other Ray names pass through."""
     if not cmdline:
         return None
     match = _TITLE.match(cmdline[0])

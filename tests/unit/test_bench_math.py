@@ -112,6 +112,10 @@ def test_worker_kind_from_ray_process_titles():
     assert worker_kind(["ray::MapWorker(MapBatches(DecodeWorker)).submit"]) == "DecodeWorker"
     assert worker_kind(["ray::MapWorker(MapBatches(PeerPipelineWorker))"]) == "PeerPipelineWorker"
     assert worker_kind(["ray::IDLE"]) == "IDLE"
+    assert worker_kind(["ray::MapBatches(validate_batch)"]) == "MapBatches(validate_batch)"
+    assert worker_kind(["ray::ReadParquet->MapBatches(validate_batch)"]) == "ReadParquet->MapBatches(validate_batch)"
+    assert worker_kind(["ray::HashShuffleMap"]) == "HashShuffleMap"
+    assert worker_kind(["ray::IdLedger.add"]) == "IdLedger"
     assert worker_kind(["/usr/bin/python", "x.py"]) is None
     assert worker_kind([]) is None
 
@@ -127,8 +131,9 @@ def test_a_pooled_workers_memory_counts_under_the_task_it_is_running():
                                    executable=sys.executable)
         assert process.wait(timeout=30) == 0
     summary = monitor.summary()
-    assert summary["ReadParquet"]["actors"] == summary["HashShuffleMap"]["actors"] == 1
-    assert 20 <= summary["ReadParquet"]["peak_uss_mb"] < 100
+    read = "ReadParquet->MapBatches(validate_batch)"
+    assert summary[read]["actors"] == summary["HashShuffleMap"]["actors"] == 1
+    assert 20 <= summary[read]["peak_uss_mb"] < 100
     assert summary["HashShuffleMap"]["peak_uss_mb"] >= 200
 
 
