@@ -59,6 +59,12 @@ def decode_media(data: bytes, mime: str):
     return media.decode_video(data) if mime in ("video/mp4", "image/apng") else media.decode_image(data)[None]
 
 
+def png_zlib_level(data: bytes) -> str:
+    """The compression level a PNG's zlib stream declares (its header's FLEVEL bits, RFC 1950)."""
+    idat = data.index(b"IDAT") + 4
+    return ["fastest", "fast", "default", "maximum"][data[idat + 1] >> 6]
+
+
 def mp4_top_level_boxes(data: bytes) -> list[bytes]:
     """The types of an MP4's top-level boxes, in file order (b"ftyp", b"moov", b"mdat", ...)."""
     boxes, offset = [], 0

@@ -44,9 +44,9 @@ def worker_kwargs(pool: PoolSettings, model: ModelRef) -> dict[str, Any]:
     }
 
 
-# Rows validated at once. Where Ray Data fuses the read with validation, a read task's rows reach
-# validation as one block (a sixteenth of a million-row table), and validating a row holds about 1 KB
-# of Python objects: a bound here keeps a read task's memory independent of the table's size.
+# Rows validated at once. Without a batch size Ray Data fuses validation into the read, so a read task's
+# rows (a sixteenth of a million-row table) reach it as one block, and validating a row holds about 1 KB
+# of Python objects: a bound here keeps validation's memory independent of the table's size.
 VALIDATE_BATCH_ROWS = 4_096
 
 

@@ -74,9 +74,9 @@ def install(context, read_ahead: ReadAhead) -> bool:
             return op is not self.feeder or self._within_bound()
 
         def max_task_output_bytes_to_read(self, op: Any) -> int | None:
-            # Where Ray Data fuses the read into validation, one task reads a whole file's share of the
-            # table: stopping new tasks is not enough. Not taking a running task's output pauses it (Ray
-            # holds a streaming task once two of its blocks are unread).
+            # One running task of the feeder can yield many blocks (where the read is fused into it, a
+            # whole read task's share of the table): stopping new tasks is not enough. Not taking a running
+            # task's output pauses it (Ray holds a streaming task once two of its blocks are unread).
             return None if op is not self.feeder or self._within_bound() else 0
 
     # (one bound per context: a retry pass may run on the context of the pass before it)

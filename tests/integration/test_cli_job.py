@@ -12,7 +12,7 @@ import pytest
 
 from latentmill import schema
 from latentmill.jobs.cli import EXIT_JOB_ERROR, main
-from tests.helpers import PARTI_PROMPTS_64, write_table
+from tests.helpers import PARTI_PROMPTS_64, png_zlib_level, write_table
 
 SMALL_POOLS = """
 stages:
@@ -32,12 +32,6 @@ def run_cli(args: list[str], tmp_path, capsys, job_yaml: str = "") -> subprocess
     code = main(argv)
     printed = capsys.readouterr()
     return subprocess.CompletedProcess(argv, code, printed.out, printed.err)
-
-
-def png_zlib_level(data: bytes) -> str:
-    """The compression level a PNG's zlib stream declares (its header's FLEVEL bits, RFC 1950)."""
-    idat = data.index(b"IDAT") + 4
-    return ["fastest", "fast", "default", "maximum"][data[idat + 1] >> 6]
 
 
 @pytest.mark.slow

@@ -21,9 +21,8 @@ from latentmill.config import load_config
 from latentmill.io import storage
 from latentmill.jobs.cli import EXIT_JOB_ERROR, EXIT_OK, main
 from latentmill.pipelines.job import JobError, prepare, run_job
-from tests.helpers import write_table
+from tests.helpers import png_zlib_level, write_table
 from tests.integration.exactly_once import check_output, check_summary
-from tests.integration.test_cli_job import png_zlib_level
 
 LONG_PROMPT = " ".join(["a watercolour painting of a lighthouse on a cliff at dusk, gulls overhead"] * 10)
 UNICODE = {
