@@ -32,26 +32,27 @@ def prompts(tmp_path, n: int, prefix: str = "f"):
 
 def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, tmp_path, capsys):
     """One CLI run (`main`, in this process on the session's Ray): a row raising in encode, one raising in
-    denoise, one with NaN latents; decode runs out of memory on its first batch and on the tiled retry of
-    that batch. Three failures against --max-failed 2: the job completes, every other row is an output,
-    and the exit code is 3."""
+    denoise, one with NaN latents and one decoding to a blank image, both rejected by the quality gates with
+    no attempt left (max_attempts 1: an error row, as without the gates); decode runs out of memory on its
+    first batch and on the tiled retry of that batch. Four failures against --max-failed 2: the job
+    completes, every other row is an output, and the exit code is 3."""
     table, ids = prompts(tmp_path, 12)
     job = tmp_path / "job.yaml"
-    # (without the quality gate's reject_nonfinite, on by default, NaN latents make an error row)
-    job.write_text("quality: {reject_nonfinite: false}\nstages:\n"
+    job.write_text("quality: {reject_nonfinite: true, reject_blank: true, max_attempts: 1}\nstages:\n"
                    + "".join(f"  {s}: {{batch_size: 4, num_cpus: 0.5, torch_threads: 1}}\n"
                              for s in ("encode", "denoise", "decode")))
     out = tmp_path / "out"
-    with faults("encode:raise:f-09;denoise:raise:f-03;denoise:nan:f-06;decode:oom:2"):
+    with faults("encode:raise:f-09;denoise:raise:f-03;denoise:nan:f-06;decode:blank:f-11;decode:oom:2"):
         code = main(cli_command(job, "--input", str(table), "--output", str(out), "--max-failed", "2")[3:])
     printed = capsys.readouterr()
     assert code == EXIT_BUDGET, printed.err[-3000:]
     assert "error budget (max_failed) exceeded" in printed.out
 
-    failed = {"f-03", "f-06", "f-09"}
+    failed = {"f-03", "f-06", "f-09", "f-11"}
     output = check_output(str(out), set(ids) - failed, failed)
-    check_summary(output.summary, rows=12, outputs=9, failed=3)
-    assert output.summary["failed_by_stage"] == {"encode": 1, "denoise": 2}
+    check_summary(output.summary, rows=12, outputs=8, failed=4)
+    assert output.summary["failed_by_stage"] == {"encode": 1, "denoise": 2, "decode": 1}
+    assert output.summary["attempts"] == {"0": 8}
     assert output.summary["budget_exceeded"] is True
     errors = output.errors
     assert (errors["f-09"][schema.ERROR_STAGE], errors["f-09"][schema.ERROR_TYPE]) == ("encode", "RuntimeError")
@@ -61,9 +62,10 @@ def test_row_faults_in_each_stage_oom_in_decode_and_the_error_budget(ray_local, 
     assert "non-finite latents for row 'f-06'" in errors["f-06"][schema.ERROR_MESSAGE]
     for row in errors.values():
         assert json.loads(row[schema.INPUT_ROW])["id"] == row[schema.ID] and row["run_id"]
+    assert (errors["f-11"][schema.ERROR_STAGE], errors["f-11"][schema.ERROR_TYPE]) == ("decode", "BlankImage")
     # Out of memory twice did not fail a row: the batch was retried tiled, then row by row (the decode
     # actor says so in its log).
-    assert not any(row[schema.ERROR_STAGE] == "decode" for row in errors.values())
+    assert [row_id for row_id, row in errors.items() if row[schema.ERROR_STAGE] == "decode"] == ["f-11"]
     log = printed.out + printed.err
     # (How many healthy rows that first batch holds depends on which block reaches decode first.)
     assert wait_for_actor_log(r"decode ran out of memory on a batch of \d; retrying with tiled decoding", log)

@@ -102,17 +102,6 @@ def test_transitions_start_and_end_at_plain_diffusers_and_move_smoothly(ray_loca
         assert (again.already_done, again.transitions_written, again.frames_written) == (2, 0, 0)
 
 
-def test_a_walk_through_keyframes_makes_one_transition_per_pair(ray_local, tmp_path):
-    keyframes = write_table(tmp_path / "walk.parquet", [
-        {"sequence": "day", "prompt": "dawn over a lake", "seed": 1, "frames": 3},
-        {"sequence": "day", "prompt": "noon over a lake", "seed": 2, "frames": 3},
-        {"sequence": "day", "prompt": "dusk over a lake", "seed": 3},
-    ])
-    summary = latentmill.interpolate(str(keyframes), str(tmp_path / "out"), stages=STAGES, ray={"progress_bars": False})
-    assert summary.transitions_written == 2
-    assert sorted(p.name for p in (tmp_path / "out" / "videos").iterdir()) == ["day-000.mp4", "day-001.mp4"]
-
-
 @pytest.mark.parametrize(("rows", "message"), [
     ([{"prompt": "no transition columns"}], "needs either prompt_a and prompt_b columns"),
     ([{"prompt_a": "a", "prompt_b": "b", "frames": 1}], "keyframe row 0: frames must be at least 2"),
@@ -143,10 +132,13 @@ stages:
 """
 
 
-def test_a_killed_interpolation_job_finishes_every_transition_exactly_once(ray_local, tmp_path, capsys):
-    ids = [f"t{i}" for i in range(3)]
+def test_a_killed_walk_finishes_every_transition_exactly_once(ray_local, tmp_path, capsys):
+    """A walk through four keyframes (one transition per consecutive pair, in table order), its driver killed
+    after three frames, then the same command again."""
+    ids = ["day-000", "day-001", "day-002"]
     keyframes = write_table(tmp_path / "k.parquet", [
-        {"id": i, "prompt_a": f"prompt {i} a", "prompt_b": f"prompt {i} b", "frames": 4} for i in ids])
+        {"sequence": "day", "prompt": f"{hour} over a lake", "seed": seed, "frames": 4}
+        for seed, hour in enumerate(["dawn", "noon", "dusk", "night"])])
     job = tmp_path / "job.yaml"
     job.write_text(JOB)
     out = tmp_path / "out"
@@ -167,6 +159,7 @@ def test_a_killed_interpolation_job_finishes_every_transition_exactly_once(ray_l
     assert main(command[3:]) == 0, capsys.readouterr().err[-3000:]
     transitions = pq.read_table(out / "transitions").to_pylist()
     assert sorted(row["id"] for row in transitions) == ids  # each exactly once
+    assert sorted(path.name for path in (out / "videos").iterdir()) == [f"{i}.mp4" for i in ids]
     frames = [row[schema.ID] for part in sorted((out / "manifest").glob("*.parquet"))
               for row in pq.read_table(part).to_pylist()]
     assert sorted(frames) == sorted(f"{i}-f{k:04d}" for i in ids for k in range(4))  # no frame twice
