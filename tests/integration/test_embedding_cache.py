@@ -33,10 +33,13 @@ def test_cached_embeddings_make_the_same_outputs_without_encoding(ray_local, s3,
     table = write_table(tmp_path / "prompts.parquet", ROWS)
     cache = {"embeddings": f"{base}/embedding-cache"}
 
+    encoded = {}
+
     def run(name: str) -> dict[str, dict]:
         summary, _ = generate(str(table), f"{base}/{name}", model="builtin:tiny-sdxl", batch_size=1,  # equal batches in every run: equal bits
                               cache=cache, **sections)
         assert (summary.outputs_written, summary.rows_failed) == (5, 0)
+        encoded[name] = summary.prompts_encoded
         return manifest(f"{base}/{name}", options)
 
     first = run("first")
@@ -48,6 +51,7 @@ def test_cached_embeddings_make_the_same_outputs_without_encoding(ray_local, s3,
 
     second = run("second")
     assert all(row[schema.EMBEDDINGS_CACHED] for row in second.values())
+    assert encoded["first"] >= 4 and encoded["second"] == 0  # the text encoder never ran
     assert {i: r[schema.SHA256] for i, r in second.items()} == {i: r[schema.SHA256] for i, r in first.items()}
 
     key_of_a = [p for p in entries if fs.cat_file(p).find(b'"truncated"') > 0][0]
