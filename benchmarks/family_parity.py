@@ -2,10 +2,12 @@
 
     python benchmarks/family_parity.py [--families tiny-ltx2,tiny-wan22]
 
-Each built-in tiny family runs the stage contract of `tests/models/test_stage_contract.py`: encode, denoise
-and decode in separate family objects holding only their stage's weights, tensors packed between stages as
-the object store carries them, four mixed rows in one batch. Printed per family: the largest difference from
-the plain pipeline (in 1/255 of full scale, before 8-bit rounding) for the batch and for one row alone.
+Each built-in tiny family runs the four rows of `tests/models/test_stage_contract.py` (mixed per-row
+parameters, one row without guidance) through encode, denoise and decode in separate family objects holding
+only their stage's weights, tensors packed between stages as the object store carries them, rows that can
+share a model call in one. Printed per family: the largest difference from the plain pipeline (in 1/255 of
+full scale, before 8-bit rounding; the test compares the 8-bit media the workers write) for the batch and
+for one row alone.
 """
 
 from __future__ import annotations
@@ -26,7 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from latentmill.models import resolve_model, tiny
-    from tests.models.test_stage_contract import FAMILY_EXTRAS, requests_for, run_stages
+    from latentmill.rows import request_at
+    from tests.models.test_stage_contract import FAMILY_EXTRAS, rows_for, validated_batch
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(sorted(FAMILY_EXTRAS)))
@@ -39,16 +42,40 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ref = resolve_model(f"builtin:{name}")
         family = ref.family()
-        requests = requests_for(family, name)
-        frames, _, _ = run_stages(ref, requests)
+        batch = validated_batch(family, rows_for(name))
+        requests = [request_at(batch, i, tuple(family.extra_parameters)) for i in range(len(batch["id"]))]
+        frames = run_stages(ref, requests)
         pipe = family.reference_pipeline()
         pipe.set_progress_bar_config(disable=True)
         batch = max(float(np.abs(got - family.reference_generate(pipe, request)).max())
                     for request, got in zip(requests, frames))
-        alone, _, _ = run_stages(ref, [requests[1]])
+        alone = run_stages(ref, [requests[1]])
         print(f"| {name} | {len(requests)} | {batch * 255:.2g} | {float(np.abs(alone[0] - frames[1]).max()) * 255:.2g} |",
               flush=True)
     return 0
+
+
+def run_stages(ref, requests) -> list[np.ndarray]:
+    """Float frames of `requests`: each stage in its own family object, conditioning packed and unpacked
+    between them, the rows of one denoise group in one call, each row decoded alone."""
+    from latentmill.models import tensors
+
+    encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
+    device, dtype = encoder.prepare_runtime(0, "float32", 1)
+    encoder.load_encoder(device, dtype)
+    denoiser.load_denoiser(device, dtype)
+    decoder.load_decoder(device, dtype)
+    encoded = encoder.encode(requests)
+    groups: dict = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(denoiser.denoise_group_key(request), []).append(i)
+    latents: list = [None] * len(requests)
+    for rows in groups.values():
+        conditioning = {name: [tensors.unpack(tensors.pack(values[i])) for i in rows]
+                        for name, values in encoded.tensors.items()}
+        for i, value in zip(rows, denoiser.denoise([requests[i] for i in rows], conditioning)):
+            latents[i] = value["latents"] if isinstance(value, dict) else value
+    return [decoder.decode(value[None], [request])[0] for value, request in zip(latents, requests)]
 
 
 if __name__ == "__main__":
