@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from latentmill.models import resolve_model, tiny
     from latentmill.rows import request_at
-    from tests.models.test_stage_contract import FAMILY_EXTRAS, rows_for, validated_batch
+    from tests.helpers import validated_rows
+    from tests.models.test_stage_contract import FAMILY_EXTRAS, rows_for
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--families", default=",".join(sorted(FAMILY_EXTRAS)))
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         ref = resolve_model(f"builtin:{name}")
         family = ref.family()
-        batch = validated_batch(family, rows_for(name))
+        batch = validated_rows(family, rows_for(name))
         requests = [request_at(batch, i, tuple(family.extra_parameters)) for i in range(len(batch["id"]))]
         frames = run_stages(ref, requests)
         pipe = family.reference_pipeline()

@@ -44,6 +44,18 @@ def generate(input_uri: str, output_uri: str, model: str = "builtin:tiny-image",
     return summary, config
 
 
+def validated_rows(family, rows: list[dict]) -> dict[str, np.ndarray]:
+    """`rows` (ids r0, r1, ...) validated over the model's defaults: a batch as the encode stage receives it."""
+    from latentmill.pipelines.validate import validate_batch
+    from latentmill.planning.calibrate import calibration_rules
+
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    table = pa.Table.from_pylist([{"id": f"r{i}", **{c: row.get(c) for c in columns}} for i, row in enumerate(rows)])
+    batch = validate_batch(table, calibration_rules(family, None))
+    assert not any(batch[schema.ERROR_STAGE]), list(batch[schema.ERROR_MESSAGE])
+    return batch
+
+
 def read_parquet_folder(fs, root: str) -> pa.Table | None:
     files = sorted(fs.glob(root.rstrip("/") + "/*.parquet")) if fs.exists(root) else []
     if not files:

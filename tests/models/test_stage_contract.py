@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pyarrow as pa
 import pytest
 import torch
 
@@ -27,11 +26,9 @@ from latentmill.actors.stages import stage_workers
 from latentmill.io import media, storage
 from latentmill.io.hidden import HiddenOptions
 from latentmill.models import ModelRef, resolve_model, tiny
-from latentmill.pipelines.validate import validate_batch
-from latentmill.planning.calibrate import calibration_rules
 from latentmill.rows import Request, request_at
 
-from tests.helpers import decode_media
+from tests.helpers import decode_media, validated_rows
 
 pytestmark = pytest.mark.slow
 
@@ -116,18 +113,9 @@ class StageRun:
     held: dict[str, set[str]]  # the components each stage's worker loaded
 
 
-def validated_batch(family, rows: list[dict]) -> dict[str, np.ndarray]:
-    """`rows` (ids r0, r1, ...) validated over the model's defaults, as the encode stage receives them."""
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{"id": f"r{i}", **{c: row.get(c) for c in columns}} for i, row in enumerate(rows)])
-    batch = validate_batch(table, calibration_rules(family, None))
-    assert not any(batch[schema.ERROR_STAGE]), list(batch[schema.ERROR_MESSAGE])
-    return batch
-
-
 def run_workers(model: ModelRef, rows: list[dict], folder: Path, dtype: str = "float32") -> StageRun:
     family = model.family()
-    batch = validated_batch(family, rows)
+    batch = validated_rows(family, rows)
     workers = stage_workers()
     common = {"model": model, "num_gpus": 0, "dtype": dtype, "torch_threads": 1}
     encode = workers[schema.STAGE_ENCODE](**common)
