@@ -14,16 +14,22 @@ from latentmill.pipelines.inputs import PromptTable
 from latentmill.pipelines.validate import RowRules, validate_batch
 
 
-def pool_args(pool: PoolSettings) -> dict[str, Any]:
-    """map_batches arguments for one stage's actor pool."""
+def pool_args(pool: PoolSettings, rows: int | None = None) -> dict[str, Any]:
+    """map_batches arguments for one stage's actor pool. For a pass of `rows` rows known up front (the
+    quality gate's retries), no more actors than it has batches: each actor loads its weights again, and
+    a pool sized for the whole table would load them on every device for a handful of rows."""
     import ray.data
 
+    min_size, max_size = pool.min_size, pool.max_size
+    if rows is not None:
+        batches = max(1, -(-rows // pool.batch_size))
+        min_size, max_size = min(min_size, batches), min(max_size, batches)
     args: dict[str, Any] = {
         "batch_size": pool.batch_size,
         "batch_format": "numpy",
         "num_cpus": pool.num_cpus,
         # Ray Data restarts a dead actor (node lost, OOM kill) and retries its batch by default.
-        "compute": ray.data.ActorPoolStrategy(min_size=pool.min_size, max_size=pool.max_size),
+        "compute": ray.data.ActorPoolStrategy(min_size=min_size, max_size=max_size),
     }
     if pool.num_gpus:
         args["num_gpus"] = pool.num_gpus
@@ -92,23 +98,25 @@ def build_retry_datasets(config: JobConfig, rows: list[dict[str, Any]], rules: R
     datasets = []
     if carried:
         datasets.append(model_stages(ray.data.from_items(carried), config, rules, model, storage_options,
-                                     encode=False))
+                                     encode=False, rows=len(carried)))
     if others:
-        datasets.append(model_stages(ray.data.from_items(others), config, rules, model, storage_options))
+        datasets.append(model_stages(ray.data.from_items(others), config, rules, model, storage_options,
+                                     rows=len(others)))
     return datasets
 
 
 def model_stages(ds, config: JobConfig, rules: RowRules, model: ModelRef, storage_options: dict[str, Any],
-                 encode: bool = True):
+                 encode: bool = True, rows: int | None = None):
     """Request rows -> the encode, denoise and decode pools (without the encode pool: rows that already
-    carry their conditioning columns, a rejected sample's next attempt)."""
+    carry their conditioning columns, a rejected sample's next attempt). With `rows` (a pass whose row
+    count is known), each pool starts at most one actor per batch of them."""
     # A small table reads as one block; split it (streaming, in the same tasks) so that all three pools
     # work in parallel from the first batch.
     smallest_batch = min(pool.batch_size for _, pool in config.stages.items())
     ds = ds.repartition(target_num_rows_per_block=smallest_batch)
 
     for _, pool, worker, kwargs in stage_constructors(config, rules, model, storage_options, encode):
-        ds = ds.map_batches(worker, fn_constructor_kwargs=kwargs, **pool_args(pool))
+        ds = ds.map_batches(worker, fn_constructor_kwargs=kwargs, **pool_args(pool, rows))
     return ds
 
 

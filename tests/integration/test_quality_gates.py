@@ -19,7 +19,7 @@ from latentmill.io import storage
 from latentmill.io.perceptual import hamming_distance, parse_hashes
 from latentmill.models import ModelError
 from tests.helpers import check_against_reference, tiny_clip, write_table
-from tests.integration.exactly_once import faults, run
+from tests.integration.exactly_once import faults, run, stage_actors
 
 pytestmark = pytest.mark.slow
 
@@ -111,8 +111,11 @@ def test_a_rejected_sample_is_generated_again_without_encoding_its_prompt_again(
     ids = [f"q-{i:02d}" for i in range(4)]
     table = str(write_table(tmp_path / "prompts.parquet", [{"id": i, "prompt": f"prompt {i}"} for i in ids]))
     gates = {"reject_nonfinite": True, "reject_blank": True}
+    denoisers_before = {actor["ActorID"] for actor in stage_actors("DenoiseWorker")}
     with faults("denoise:nan:q-01;decode:blank:q-02"):
-        forwarded = run(table, str(tmp_path / "forwarded"), quality=gates)
+        forwarded = run(table, str(tmp_path / "forwarded"), quality=gates, stages={"denoise": {"size": 2}})
+    # the first pass starts the pool's two denoise actors; the retry pass one, for its one batch of two rows
+    assert len({actor["ActorID"] for actor in stage_actors("DenoiseWorker")} - denoisers_before) == 3
 
     regenerated = {"q-01", "q-02"}
     assert (forwarded.rows_read, forwarded.outputs_written, forwarded.rows_failed) == (4, 4, 0)

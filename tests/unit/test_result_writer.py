@@ -1,7 +1,9 @@
-"""Manifest rows as written: an image has no frame rate (null), a video keeps its own."""
+"""The driver's side of a run's rows: manifest rows as written (an image has no frame rate, a video keeps its
+own), the quality gate's counts and conditioning, and the size of its retry pass's pools."""
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
 from latentmill import schema
 from latentmill.pipelines.job import ResultWriter, RunSummary
@@ -91,3 +93,21 @@ def test_conditioning_goes_past_the_denoise_stage_only_where_a_gate_needs_it():
     assert forwarding(quality={"reject_blank": True}, cache={"embeddings": "cache/"}) is None  # read from the cache
     assert forwarding(quality={"max_attempts": 1}) is None
     assert forwarding(quality={"reject_nonfinite": False}) is None
+
+
+@pytest.mark.parametrize(("size", "batch_size", "rows", "expected"), [
+    (16, 4, 3, (1, 1)),  # three rejected samples: one actor, not sixteen loading the model for them
+    (16, 4, 9, (3, 3)),
+    (2, 4, 100, (2, 2)),  # never more than the pool's own size
+    ((1, 8), 2, 5, (1, 3)),  # an autoscaling pool keeps its minimum, up to one actor per batch
+    ((4, 8), 1, 2, (2, 2)),
+])
+def test_the_retry_pass_starts_no_more_actors_than_it_has_batches(size, batch_size, rows, expected):
+    from latentmill.config import PoolSettings
+    from latentmill.pipelines.plan import pool_args
+
+    pool = PoolSettings(size=size, batch_size=batch_size)
+    compute = pool_args(pool, rows)["compute"]
+    assert (compute.min_size, compute.max_size) == expected
+    whole = pool_args(pool)["compute"]  # the first pass: the pool as configured
+    assert (whole.min_size, whole.max_size) == (pool.min_size, pool.max_size)
