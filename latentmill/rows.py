@@ -37,6 +37,10 @@ class Request:
     def extra(self, name: str) -> Any:
         return dict(self.extras)[name]
 
+    def columns(self) -> dict[str, Any]:
+        """The request as manifest columns: every request column, then the family's extra parameters."""
+        return {name: getattr(self, name) for name in schema.REQUEST_COLUMNS} | dict(self.extras)
+
 
 def request_from(values: Mapping[str, Any], extra_names: tuple[str, ...] = ()) -> Request:
     """A Request from anything indexable by column name: a dict, a manifest row, a batch row view."""

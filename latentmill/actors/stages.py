@@ -621,7 +621,7 @@ class DecodeWorker(StageWorker):
         """The row's latents (and its further ones) next to its media; the manifest row (written after) names both."""
         from latentmill.io import latents as saved, storage
 
-        parameters = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
+        parameters = request.columns()
         data = saved.encode_latents(latents, {**self.latents_metadata, "parameters": parameters}, extra)
         key = media_key(request.id, saved.EXTENSION)
         storage.put_bytes(self.fs, storage.join(self.root, saved.LATENTS_FOLDER, key), data)

@@ -300,7 +300,7 @@ def _stream(config, todo, endpoints, frames_done, model, family, options, frames
     rows = []
     for transition in todo:
         request = endpoints[transition.id]
-        row = {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
+        row = request.columns()
         row.update({blend.PROMPT_B: transition.prompt_b, blend.SEED_B: transition.seed_b,
                     blend.POSITIONS: json.dumps(transition.positions()),
                     blend.DONE_STEPS: json.dumps([k for k in range(transition.frames)

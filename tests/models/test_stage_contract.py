@@ -134,10 +134,6 @@ def run_workers(model: ModelRef, rows: list[dict], folder: Path, dtype: str = "f
                                            (schema.STAGE_DECODE, decode))})
 
 
-def parameters(request: Request) -> dict:
-    return {name: getattr(request, name) for name in schema.REQUEST_COLUMNS} | dict(request.extras)
-
-
 def assert_equal_to_plain_diffusers(family, run: StageRun, name: str) -> None:
     pipe = family.reference_pipeline()
     pipe.set_progress_bar_config(disable=True)
@@ -149,8 +145,8 @@ def assert_equal_to_plain_diffusers(family, run: StageRun, name: str) -> None:
 
 @pytest.fixture(scope="module")
 def float32_frames() -> dict[str, list[np.ndarray]]:
-    """Family name -> the float32 frames of its four rows, as the isolation test made them (the bfloat16
-    test compares with the first two instead of running the float32 stages again)."""
+    """Family name -> the frames its float32 stages wrote for its four rows, as the isolation test made them
+    (the bfloat16 test compares with the first two instead of running the float32 stages again)."""
     return {}
 
 
@@ -171,7 +167,7 @@ def test_stages_in_isolation_equal_plain_diffusers(name, float32_frames, tmp_pat
         assert all(rate is None for rate in run.decoded[schema.AUDIO_SAMPLE_RATE])
 
     for row, request in zip(rows, run.requests):  # each row's own parameters reached the stages
-        assert {key: parameters(request)[key] for key in row} == row, (name, request.id)
+        assert {key: request.columns()[key] for key in row} == row, (name, request.id)
 
     negatives = [column for column in family.conditioning_columns() if column.startswith("negative_")]
     assert negatives, family.conditioning_columns()
