@@ -60,18 +60,12 @@ def run_stages(ref, requests) -> list[np.ndarray]:
     """Float frames of `requests`: each stage in its own family object, conditioning packed and unpacked
     between them, the rows of one denoise group in one call, each row decoded alone."""
     from latentmill.models import tensors
+    from tests.helpers import denoise_groups, loaded_stage_families
 
-    encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
-    device, dtype = encoder.prepare_runtime(0, "float32", 1)
-    encoder.load_encoder(device, dtype)
-    denoiser.load_denoiser(device, dtype)
-    decoder.load_decoder(device, dtype)
+    encoder, denoiser, decoder = loaded_stage_families(ref)
     encoded = encoder.encode(requests)
-    groups: dict = {}
-    for i, request in enumerate(requests):
-        groups.setdefault(denoiser.denoise_group_key(request), []).append(i)
     latents: list = [None] * len(requests)
-    for rows in groups.values():
+    for rows in denoise_groups(denoiser, requests):
         conditioning = {name: [tensors.unpack(tensors.pack(values[i])) for i in rows]
                         for name, values in encoded.tensors.items()}
         for i, value in zip(rows, denoiser.denoise([requests[i] for i in rows], conditioning)):

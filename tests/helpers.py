@@ -56,6 +56,25 @@ def validated_rows(family, rows: list[dict]) -> dict[str, np.ndarray]:
     return batch
 
 
+def loaded_stage_families(model, dtype: str = "float32") -> tuple:
+    """(encoder, denoiser, decoder): three family objects of `model`, each holding only its stage's weights
+    (as the stage actors do), on the CPU with one thread."""
+    encoder, denoiser, decoder = model.family(), model.family(), model.family()
+    device, torch_dtype = encoder.prepare_runtime(0, dtype, 1)
+    encoder.load_encoder(device, torch_dtype)
+    denoiser.load_denoiser(device, torch_dtype)
+    decoder.load_decoder(device, torch_dtype)
+    return encoder, denoiser, decoder
+
+
+def denoise_groups(denoiser, requests) -> list[list[int]]:
+    """Positions of the requests that may share one denoise call (the denoise worker's grouping)."""
+    groups: dict = {}
+    for i, request in enumerate(requests):
+        groups.setdefault(denoiser.denoise_group_key(request), []).append(i)
+    return list(groups.values())
+
+
 def read_parquet_folder(fs, root: str) -> pa.Table | None:
     files = sorted(fs.glob(root.rstrip("/") + "/*.parquet")) if fs.exists(root) else []
     if not files:

@@ -16,6 +16,8 @@ from latentmill.models import resolve_model, tensors
 from latentmill.models.ltx2 import AUDIO_GUIDANCE, AUDIO_LATENTS
 from latentmill.rows import Request
 
+from tests.helpers import denoise_groups, loaded_stage_families
+
 
 @pytest.fixture(scope="module")
 def ref(tmp_path_factory):
@@ -49,17 +51,10 @@ SOUND_SLACK = 1 / 25 / 2 + 3 * 0.01 + 1e-9
 
 def run_stages(ref, requests: list[Request], batch_size: int, dtype_name: str = "float32"):
     """Frames, sound tracks and shipped conditioning per row; stages batch rows of one group `batch_size` at a time."""
-    encoder, denoiser, decoder = ref.family(), ref.family(), ref.family()
-    device, dtype = encoder.prepare_runtime(0, dtype_name, 1)
-    encoder.load_encoder(device, dtype)
-    denoiser.load_denoiser(device, dtype)
-    decoder.load_decoder(device, dtype)
+    encoder, denoiser, decoder = loaded_stage_families(ref, dtype_name)
     encoded = encoder.encode(requests)
-    groups: dict = {}
-    for i, r in enumerate(requests):
-        groups.setdefault(denoiser.denoise_group_key(r), []).append(i)
     frames, tracks = [None] * len(requests), [None] * len(requests)
-    for members in groups.values():
+    for members in denoise_groups(denoiser, requests):
         for start in range(0, len(members), batch_size):
             rows = members[start:start + batch_size]
             conditioning = {name: [tensors.unpack(tensors.pack(values[i])) for i in rows]
