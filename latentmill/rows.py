@@ -94,9 +94,7 @@ def empty_request_columns(size: int, extra_types: Mapping[str, type] = {}) -> di
 
 
 def write_request(columns: dict[str, np.ndarray], index: int, request: Request) -> None:
-    for name in schema.REQUEST_COLUMN_TYPES:
-        columns[name][index] = getattr(request, name)
-    for name, value in request.extras:
+    for name, value in request.columns().items():
         columns[name][index] = value
 
 

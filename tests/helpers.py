@@ -19,9 +19,14 @@ from latentmill.rows import request_from
 PARTI_PROMPTS_64 = Path(__file__).resolve().parents[1] / "examples" / "parti-prompts-64.parquet"
 
 
-def write_table(path: Path, rows: list[dict]) -> Path:
+def rows_table(rows: list[dict]) -> pa.Table:
+    """A table of `rows` with every column any row has (null where a row lacks it), as a prompt table's."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
-    pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows]), path)
+    return pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
+
+
+def write_table(path: Path, rows: list[dict]) -> Path:
+    pq.write_table(rows_table(rows), path)
     return path
 
 
@@ -49,8 +54,7 @@ def validated_rows(family, rows: list[dict]) -> dict[str, np.ndarray]:
     from latentmill.pipelines.validate import validate_batch
     from latentmill.planning.calibrate import calibration_rules
 
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{"id": f"r{i}", **{c: row.get(c) for c in columns}} for i, row in enumerate(rows)])
+    table = rows_table([{"id": f"r{i}", **row} for i, row in enumerate(rows)])
     batch = validate_batch(table, calibration_rules(family, None))
     assert not any(batch[schema.ERROR_STAGE]), list(batch[schema.ERROR_MESSAGE])
     return batch

@@ -2,7 +2,6 @@
 
 import json
 
-import pyarrow as pa
 import pytest
 
 from latentmill import schema
@@ -10,6 +9,7 @@ from latentmill.config import GenerationDefaults, Limits
 from latentmill.models.sd import StableDiffusion
 from latentmill.models.wan import Wan
 from latentmill.pipelines.validate import RowRules, derived_id, derived_seed, resolve_defaults, validate_batch
+from tests.helpers import rows_table
 
 IMAGE_DEFAULTS = {"num_inference_steps": 4, "guidance_scale": 5.0, "height": 64, "width": 64}
 
@@ -46,9 +46,7 @@ def rules(family=None, limits=None, **defaults):
 
 
 def run(rows, row_rules=None):
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    table = pa.Table.from_pylist([{c: row.get(c) for c in columns} for row in rows])
-    out = validate_batch(table, row_rules or rules())
+    out = validate_batch(rows_table(rows), row_rules or rules())
     return [{name: out[name][i] for name in out} for i in range(len(rows))]
 
 
